@@ -1,0 +1,56 @@
+"""The models a farm knows by name, with the limits validation checks against (pure data).
+
+A built-in model is made in code (no download). It declares the full-size model whose memory
+profile it stands in for, and the pixel scale between them: the demo model renders 64x64 images
+that the scheduler costs as SD 1.5 at 512x512, so shard sizes are what real cards would get.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from farm.costmodel import PROFILES, ModelProfile
+from farm.errors import InvalidInput
+
+SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    profile: str
+    cost_scale: int
+    max_size: int
+    default_size: int
+    default_steps: int
+    description: str
+
+    @property
+    def memory(self) -> ModelProfile:
+        return PROFILES[self.profile]
+
+    def costed_size(self, width: int, height: int) -> tuple[int, int]:
+        """The full-size resolution whose VRAM this render is costed at."""
+        return width * self.cost_scale, height * self.cost_scale
+
+
+MODELS: dict[str, ModelInfo] = {
+    "demo-tiny": ModelInfo(
+        name="demo-tiny",
+        family="sd15",
+        profile="sd15",
+        cost_scale=8,
+        max_size=128,
+        default_size=64,
+        default_steps=20,
+        description="tiny SD-1.5-architecture pipeline built in code with seeded random weights",
+    ),
+}
+
+
+def get_model(name: str) -> ModelInfo:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise InvalidInput("model", f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None

@@ -1,0 +1,37 @@
+"""Errors that cross layer boundaries.
+
+Every error a user can cause is a `FarmError`; entry points print its one-line message and exit with
+`exit_code`, so no traceback ever reaches a user.
+"""
+
+from __future__ import annotations
+
+
+class FarmError(Exception):
+    """Base of the errors that entry points turn into one line and an exit code."""
+
+    exit_code = 1
+
+
+class InvalidInput(FarmError):
+    """Bad user input: names the field and the allowed range (exit code 2, like argparse)."""
+
+    exit_code = 2
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class CheckpointError(FarmError):
+    """A checkpoint payload that cannot be trusted (truncated, garbage, oversized, wrong version)."""
+
+
+class DoesNotFit(FarmError):
+    """A job that no node can hold in VRAM; the message names the smallest VRAM it would need."""
+
+    exit_code = 2
+
+
+class SegmentFailed(FarmError):
+    """A segment raised on its node; the coordinator retries it elsewhere from its last checkpoint."""

@@ -1,0 +1,16 @@
+"""Identifiers: sortable by creation time, short enough to type in a CLI."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A job id such as `j20261125-121300-3fa9`: time-ordered, unique with 16 random bits per second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"j{stamp}-{secrets.token_hex(2)}"
+
+
+def shard_id(job_id: str, index: int) -> str:
+    return f"{job_id}/s{index}"

@@ -1,0 +1,174 @@
+"""The farm's vocabulary as frozen dataclasses (pure core: no heavy imports).
+
+Words follow ARCHITECTURE.md: a job has samples; samples are batched into shards sized for a node;
+a shard runs as segments (step ranges) handed between nodes as checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One (prompt, seed) pair of a job: one image."""
+
+    index: int
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated request; build it with `farm.jobspec.make_job`, which checks every field."""
+
+    model: str
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    width: int
+    height: int
+    guidance: float
+    sampler: str
+    negative_prompt: str = ""
+    priority: int = 0
+    owner: str = "local"
+
+    def samples(self) -> tuple[Sample, ...]:
+        """Every prompt once per seed, prompt-major, so sample indices are stable across runs."""
+        pairs = [(p, s) for p in self.prompts for s in self.seeds]
+        return tuple(Sample(i, p, s) for i, (p, s) in enumerate(pairs))
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One GPU of one PC as the scheduler sees it.
+
+    `speed` is relative throughput (1.0 = the reference card); the scheduler uses it for shares until
+    it has measured the node.
+    """
+
+    name: str
+    vram_gib: float
+    speed: float = 1.0
+    gpu: str = "unknown"
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Samples of one job batched for one node (`home`); `bounds` are its segments' step ranges."""
+
+    id: str
+    job_id: str
+    sample_indices: tuple[int, ...]
+    home: str
+    bounds: tuple[tuple[int, int], ...]
+    need_gib: float
+
+    @property
+    def batch(self) -> int:
+        return len(self.sample_indices)
+
+
+@dataclass(frozen=True)
+class ReadySegment:
+    """A segment whose previous segment is done, waiting for a node."""
+
+    shard_id: str
+    index: int
+    home: str
+    need_gib: float
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node as one planner tick sees it."""
+
+    info: NodeInfo
+    busy: bool = False
+    online: bool = True
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Run segment `index` of shard `shard_id` on node `node`."""
+
+    node: str
+    shard_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """Provenance: which node rendered which steps of a sample."""
+
+    node: str
+    gpu: str
+    start: int
+    end: int
+
+
+@dataclass
+class NodeTally:
+    """Per-node work counts for the summary a run prints."""
+
+    samples: int = 0
+    shards: int = 0
+    segments: int = 0
+    seconds: float = 0.0
+    shard_ids: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    """What the coordinator sends a node: run steps `[start, end)` of one shard.
+
+    `checkpoint` is the msgpack checkpoint of the previous segment (None for the first, which
+    encodes the prompts); after the shard's last step the node decodes and returns images.
+    """
+
+    job: JobSpec
+    shard_id: str
+    samples: tuple[Sample, ...]
+    index: int
+    start: int
+    end: int
+    checkpoint: bytes | None
+
+    @property
+    def last(self) -> bool:
+        return self.end == self.job.steps
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a node returns: the next checkpoint, or (after the last step) RGB images as raw bytes."""
+
+    shard_id: str
+    index: int
+    node: str
+    gpu: str
+    seconds: float
+    checkpoint: bytes | None = None
+    images: tuple[bytes, ...] = ()
+    memory_mode: str = "full"
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """A node finished one denoising step of a shard (drives the progress bars)."""
+
+    node: str
+    shard_id: str
+    step: int
+    batch: int

@@ -1,0 +1,63 @@
+"""Where pipelines come from: built-in models are made once into a folder, then everything loads
+through `from_pretrained`, the same call a Hugging Face id or a local folder of real weights takes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from farm.catalog import get_model
+from farm.pipelines.quiet import quiet_libraries
+from farm.pipelines.tiny import build_demo_pipeline
+
+BUILDERS = {"demo-tiny": build_demo_pipeline}
+
+
+def farm_home() -> Path:
+    """Per-user state: built-in model folders live here (override with FARM_HOME)."""
+    return Path(os.environ.get("FARM_HOME") or Path.home() / ".cache" / "farm")
+
+
+def builtin_folder(name: str, home: Path | None = None) -> Path:
+    """The folder of a built-in model, built and saved on first use.
+
+    Built in a temporary folder and renamed into place, so nodes that start together never see half
+    a model; the weights come from a fixed seed, so every PC builds the same bytes.
+    """
+    get_model(name)
+    target = (home or farm_home()) / "models" / name
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        BUILDERS[name]().save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_pipeline(source: str | Path, device: torch.device | None = None) -> StableDiffusionPipeline:
+    """Load a pipeline from a folder or a Hugging Face id: fp16 on a GPU, fp32 on a CPU."""
+    quiet_libraries()
+    device = device or pick_device()
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(source), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
