@@ -25,6 +25,9 @@ class ModelInfo:
     default_size: int
     default_steps: int
     description: str
+    # A diffusers-format folder shipped inside the farm package (relative to farm/), for models whose
+    # weights are committed; None for models built in code on first use.
+    bundled: str | None = None
 
     @property
     def memory(self) -> ModelProfile:

@@ -24,12 +24,14 @@ def farm_home() -> Path:
 
 
 def builtin_folder(name: str, home: Path | None = None) -> Path:
-    """The folder of a built-in model, built and saved on first use.
+    """The folder of a built-in model: shipped in the package, or built and saved on first use.
 
     Built in a temporary folder and renamed into place, so nodes that start together never see half
     a model; the weights come from a fixed seed, so every PC builds the same bytes.
     """
-    get_model(name)
+    info = get_model(name)
+    if info.bundled:
+        return Path(__file__).resolve().parent.parent / info.bundled
     target = (home or farm_home()) / "models" / name
     if (target / "model_index.json").exists():
         return target
