@@ -35,3 +35,15 @@ class DoesNotFit(FarmError):
 
 class SegmentFailed(FarmError):
     """A segment raised on its node; the coordinator retries it elsewhere from its last checkpoint."""
+
+
+class NodeLost(FarmError):
+    """A node stopped answering (its worker process or PC died); its segments resume elsewhere."""
+
+    def __init__(self, node: str, reason: str) -> None:
+        super().__init__(f"node {node} lost: {reason}")
+        self.node = node
+
+
+class JobFailed(FarmError):
+    """A job gave up after too many failed segments; the message says why."""

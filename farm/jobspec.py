@@ -32,9 +32,8 @@ def _int(field: str, value: Any, lo: int, hi: int) -> int:
 
 
 def _size(field: str, value: Any, limit: int) -> int:
-    value = _int(field, value, 8, limit)
-    if value % 8:
-        raise InvalidInput(field, f"must be a multiple of 8 from 8 to {limit}, got {value}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= limit or value % 8:
+        raise InvalidInput(field, f"must be a multiple of 8 from 8 to {limit} (this model's limit), got {value!r}")
     return value
 
 
@@ -66,9 +65,8 @@ def make_job(
             raise InvalidInput(f"prompts[{i}]", "must be a non-empty string")
     n_seeds = _int("seeds", seeds, 1, MAX_SEEDS)
     first = _int("seed", seed, 0, MAX_SEED_VALUE - n_seeds)
-    steps = _int("steps", info.default_steps if steps is None else steps, 1, MAX_STEPS)
-    if steps < 2:
-        raise InvalidInput("steps", f"must be from 2 to {MAX_STEPS} (a shard runs as at least two segments), got {steps}")
+    # At least 2: every shard runs as at least two segments, handed over as a checkpoint.
+    steps = _int("steps", info.default_steps if steps is None else steps, 2, MAX_STEPS)
     width = _size("width", info.default_size if width is None else width, info.max_size)
     height = _size("height", info.default_size if height is None else height, info.max_size)
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):

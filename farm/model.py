@@ -122,9 +122,10 @@ class StepRun:
 class NodeTally:
     """Per-node work counts for the summary a run prints."""
 
-    samples: int = 0
-    shards: int = 0
+    samples: int = 0  # samples this node finished (ran the last segment and decoded)
+    shards: int = 0  # distinct shards this node ran at least one segment of
     segments: int = 0
+    steps: int = 0  # sample-steps rendered: the node's share of the denoising work
     seconds: float = 0.0
     shard_ids: set[str] = field(default_factory=set)
 

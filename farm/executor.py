@@ -1,0 +1,115 @@
+"""Ray executor: one `SegmentWorker` actor per node, pinned to that node by a custom resource.
+
+The actor wraps the Ray-free `SegmentRunner` and reports every finished step to a Ray queue the
+coordinator drains for its progress bars. A crashed actor (its process or its PC died) comes back
+as `NodeLost`; an exception inside a segment as `SegmentFailed`; the coordinator decides what next.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.util.queue import Empty, Queue
+
+from farm.errors import NodeLost, SegmentFailed
+from farm.model import NodeInfo, SegmentResult, SegmentTask, StepEvent
+
+NODE_RESOURCE = "farm_node:"
+
+
+class SegmentWorker:
+    """Ray actor body: keeps its node's pipelines loaded between segments."""
+
+    def __init__(self, node: NodeInfo, home: str | None, events: Queue | None) -> None:
+        from farm.pipelines.runner import SegmentRunner  # torch and diffusers load in the worker only
+
+        self.runner = SegmentRunner(node, Path(home) if home else None, threads=1)
+        self.events = events
+
+    def run(self, task: SegmentTask) -> SegmentResult:
+        def on_step(step: int) -> None:
+            if self.events is not None:
+                self.events.actor.put_nowait.remote(StepEvent(self.runner.node.name, task.shard_id, step, len(task.samples)))
+
+        return self.runner.run(task, on_step)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor:
+    """`Executor` over a Ray cluster with one actor per farm node."""
+
+    def __init__(self, nodes: Sequence[NodeInfo], home: Path | None = None) -> None:
+        self._nodes = list(nodes)
+        self.events = Queue(maxsize=0)
+        remote = ray.remote(max_restarts=0, max_task_retries=0)(SegmentWorker)
+        self.actors = {
+            n.name: remote.options(num_cpus=1, resources={NODE_RESOURCE + n.name: 1}, name=f"farm-{n.name}").remote(
+                n, str(home) if home else None, self.events
+            )
+            for n in self._nodes
+        }
+        self.pending: dict[ray.ObjectRef, str] = {}
+
+    def nodes(self) -> list[NodeInfo]:
+        return list(self._nodes)
+
+    def submit(self, node: str, task: SegmentTask) -> ray.ObjectRef:
+        ref = self.actors[node].run.remote(task)
+        self.pending[ref] = node
+        return ref
+
+    def wait(self, timeout: float) -> list[tuple[object, SegmentResult | BaseException]]:
+        if not self.pending:
+            return []
+        done, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=timeout)
+        out: list[tuple[object, SegmentResult | BaseException]] = []
+        for ref in done:
+            node = self.pending.pop(ref)
+            try:
+                out.append((ref, ray.get(ref)))
+            except (ActorDiedError, ActorUnavailableError) as e:
+                out.append((ref, NodeLost(node, type(e).__name__)))
+            except RayTaskError as e:
+                out.append((ref, SegmentFailed(f"segment failed on {node}: {e.cause!r}")))
+            except RayActorError as e:
+                out.append((ref, NodeLost(node, type(e).__name__)))
+        return out
+
+    def step_events(self) -> list[StepEvent]:
+        try:
+            return list(self.events.get_nowait_batch(self.events.qsize()))
+        except Empty:
+            return []
+
+    def kill(self, node: str) -> None:
+        """Kill a node's worker process, as a crashed PC would (used by fault tests)."""
+        ray.kill(self.actors[node], no_restart=True)
+
+    def shutdown(self) -> None:
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+        ray.kill(self.events.actor, no_restart=True)
+
+
+def start_embedded_cluster(nodes: Sequence[NodeInfo]) -> None:
+    """A local Ray cluster whose custom resources stand for the simulated nodes (loopback only)."""
+    resources = {NODE_RESOURCE + n.name: 1.0 for n in nodes}
+    ray.init(
+        num_cpus=len(nodes) + 1,
+        resources=resources,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        configure_logging=True,
+        _node_ip_address="127.0.0.1",
+    )
+
+
+def stop_embedded_cluster() -> None:
+    ray.shutdown()

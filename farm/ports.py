@@ -1,0 +1,44 @@
+"""The seams between the coordinator and its adapters (Protocols: wired in the entry points)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from farm.model import JobSpec, NodeInfo, Sample, SegmentResult, SegmentTask, StepEvent, StepRun
+
+
+class Executor(Protocol):
+    """Runs segments on nodes (Ray actors in a farm; anything with this shape in tests)."""
+
+    def nodes(self) -> list[NodeInfo]: ...
+
+    def submit(self, node: str, task: SegmentTask) -> object:
+        """Start a segment on `node`; returns a handle that `wait` reports on."""
+
+    def wait(self, timeout: float) -> list[tuple[object, SegmentResult | BaseException]]:
+        """Segments finished within `timeout` seconds, each with its result or the error it raised."""
+
+    def step_events(self) -> list[StepEvent]:
+        """Step progress reported by the nodes since the last call."""
+
+    def shutdown(self) -> None: ...
+
+
+class OutputSink(Protocol):
+    """Writes finished samples once, with their provenance."""
+
+    def write(self, job_id: str, job: JobSpec, sample: Sample, rgb: bytes, runs: Sequence[StepRun]) -> Path: ...
+
+
+class Reporter(Protocol):
+    """Shows a job's progress (rich bars in the CLI, nothing in --json mode or tests)."""
+
+    def planned(self, job_id: str, job: JobSpec, nodes: Sequence[NodeInfo]) -> None: ...
+
+    def step(self, event: StepEvent) -> None: ...
+
+    def segment_done(self, result: SegmentResult, steps: int, batch: int) -> None: ...
+
+    def sample_written(self, path: Path) -> None: ...
