@@ -19,6 +19,9 @@ from farm.errors import NodeLost, SegmentFailed
 from farm.model import NodeInfo, SegmentResult, SegmentTask, StepEvent
 
 NODE_RESOURCE = "farm_node:"
+# Each node's resource has room for several actors so that a second executor (a test, a restarted
+# coordinator) can attach to a running cluster; one executor still runs one actor per node.
+NODE_SLOTS = 16.0
 
 
 class SegmentWorker:
@@ -49,7 +52,7 @@ class RayExecutor:
         self.events = Queue(maxsize=0)
         remote = ray.remote(max_restarts=0, max_task_retries=0)(SegmentWorker)
         self.actors = {
-            n.name: remote.options(num_cpus=1, resources={NODE_RESOURCE + n.name: 1}, name=f"farm-{n.name}").remote(
+            n.name: remote.options(num_cpus=0, resources={NODE_RESOURCE + n.name: 1}).remote(
                 n, str(home) if home else None, self.events
             )
             for n in self._nodes
@@ -99,9 +102,9 @@ class RayExecutor:
 
 def start_embedded_cluster(nodes: Sequence[NodeInfo]) -> None:
     """A local Ray cluster whose custom resources stand for the simulated nodes (loopback only)."""
-    resources = {NODE_RESOURCE + n.name: 1.0 for n in nodes}
+    resources = {NODE_RESOURCE + n.name: NODE_SLOTS for n in nodes}
     ray.init(
-        num_cpus=len(nodes) + 1,
+        num_cpus=len(nodes),
         resources=resources,
         include_dashboard=False,
         logging_level="ERROR",

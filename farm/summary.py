@@ -31,12 +31,15 @@ def result_json(result: JobResult) -> dict[str, object]:
 def print_summary(result: JobResult, nodes: Sequence[NodeInfo], console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"job {result.job_id}: {len(result.outputs)} images in {result.seconds:.1f} s")
-    for col in ("node", "GPU", "VRAM GiB", "samples", "shards", "segments", "sample-steps", "busy s"):
-        table.add_column(col, justify="left" if col in ("node", "GPU") else "right")
+    for col in ("node", "VRAM", "samples", "shards", "segments", "steps", "busy s"):
+        table.add_column(col, justify="left" if col == "node" else "right")
     for n in nodes:
         t = result.tallies[n.name]
-        table.add_row(n.name, n.gpu, f"{n.vram_gib:g}", str(t.samples), str(t.shards), str(t.segments),
+        table.add_row(n.name, f"{n.vram_gib:g} GiB", str(t.samples), str(t.shards), str(t.segments),
                       str(t.steps), f"{t.seconds:.1f}")
     console.print(table)
+    console.print("steps = sample-steps rendered (a batch of 4 for 5 steps is 20)")
+    if any(n.simulated for n in nodes):
+        console.print("simulated nodes: planned for their declared VRAM and speed, computed on this CPU")
     if result.outputs:
         console.print(f"outputs: {result.outputs[0].parent}/")

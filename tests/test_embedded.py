@@ -1,0 +1,149 @@
+"""Integration: the embedded farm (real Ray actors, msgpack checkpoints, diffusers) renders jobs whose
+images equal plain diffusers pipeline calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from farm.coordinator import Coordinator, JobResult
+from farm.demo import demo_job
+from farm.executor import RayExecutor
+from farm.jobspec import make_job
+from farm.model import JobSpec, Sample, SegmentResult, SegmentTask
+from farm.outputs import PngWriter, read_provenance
+
+pytestmark = pytest.mark.slow
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+@pytest.fixture(scope="module")
+def demo_run(embedded: RayExecutor, tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, JobResult]:
+    job = demo_job(steps=6)
+    result = Coordinator(embedded, PngWriter(tmp_path_factory.mktemp("renders")), max_segment_steps=3).run(job)
+    return job, result
+
+
+@pytest.fixture(scope="module")
+def plain_pipe(farm_home: Path):
+    """The same model as a plain diffusers pipeline in this process.
+
+    Run with one thread like the farm's workers: CPU kernels sum in a thread-count dependent order,
+    which moves the odd pixel by 1/255, as a different batch composition does.
+    """
+    import torch
+
+    from farm.pipelines.loader import builtin_folder, load_pipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_pipeline(builtin_folder("demo-tiny", farm_home))
+    torch.set_num_threads(threads)
+
+
+def test_demo_writes_one_png_per_sample(demo_run: tuple[JobSpec, JobResult]) -> None:
+    job, result = demo_run
+    assert len(job.samples()) == 12
+    assert sorted(p.name for p in result.outputs) == sorted(f"{s.index:04d}-seed{s.seed}.png" for s in job.samples())
+    assert all(p.parent.name == result.job_id for p in result.outputs)
+
+
+def test_work_is_split_by_vram_across_nodes(demo_run: tuple[JobSpec, JobResult]) -> None:
+    _, result = demo_run
+    batch = {s.home: s.batch for s in result.shards}
+    assert batch["sim-24gb"] > batch["sim-8gb"]
+    assert sum(1 for t in result.tallies.values() if t.samples) >= 2
+    assert sum(t.samples for t in result.tallies.values()) == 12
+    assert all(len(s.bounds) >= 2 for s in result.shards)
+
+
+def test_png_carries_parameters_and_provenance(demo_run: tuple[JobSpec, JobResult]) -> None:
+    job, result = demo_run
+    for path in result.outputs:
+        meta = read_provenance(path)
+        sample = job.samples()[meta["sample"]]
+        assert (meta["prompt"], meta["seed"], meta["steps"], meta["guidance"]) == (sample.prompt, sample.seed, 6, 7.5)
+        assert (meta["width"], meta["height"], meta["sampler"], meta["model"]) == (64, 64, "euler_a", "demo-tiny")
+        assert "negative_prompt" in meta
+        segments = meta["segments"]
+        assert len(segments) >= 2 and segments[0]["start"] == 0 and segments[-1]["end"] == 6
+        assert all(a["end"] == b["start"] for a, b in zip(segments, segments[1:]))
+        assert all(s["node"].startswith("sim-") for s in segments)
+        with Image.open(path) as im:
+            assert f"Seed: {sample.seed}" in im.text["parameters"]
+
+
+def test_farm_images_equal_plain_diffusers(demo_run: tuple[JobSpec, JobResult], plain_pipe) -> None:
+    """Same batch composition: pixel-identical. Any batch composition (here: one at a time): within 1/255."""
+    from farm.pipelines.sd import plain_render
+
+    job, result = demo_run
+    by_index = {read_provenance(p)["sample"]: p for p in result.outputs}
+    samples = job.samples()
+    for shard in result.shards:
+        group = tuple(samples[i] for i in shard.sample_indices)
+        for sample, expected in zip(group, plain_render(plain_pipe, job, group)):
+            assert np.array_equal(pixels(by_index[sample.index]), expected), f"sample {sample.index} differs"
+    for sample in samples[:4]:
+        (alone,) = plain_render(plain_pipe, job, (sample,))
+        assert np.abs(pixels(by_index[sample.index]) - alone).max() <= 1
+
+
+class KillAfterFirstSegment:
+    """An Executor wrapper that kills a node's worker process right after its first finished segment,
+    as a PC that crashes between two segments would."""
+
+    def __init__(self, inner: RayExecutor, victim: str) -> None:
+        self.inner, self.victim, self.killed = inner, victim, False
+
+    def nodes(self):
+        return self.inner.nodes()
+
+    def submit(self, node: str, task: SegmentTask) -> object:
+        return self.inner.submit(node, task)
+
+    def wait(self, timeout: float) -> list[tuple[object, SegmentResult | BaseException]]:
+        out = self.inner.wait(timeout)
+        for _, outcome in out:
+            if not self.killed and isinstance(outcome, SegmentResult) and outcome.node == self.victim:
+                self.inner.kill(self.victim)
+                self.killed = True
+        return out
+
+    def step_events(self):
+        return self.inner.step_events()
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def test_lost_node_resumes_elsewhere_from_its_checkpoint(embedded: RayExecutor, farm_home: Path, tmp_path: Path,
+                                                         plain_pipe) -> None:
+    from farm.pipelines.sd import plain_render
+    from node.simulated import simulated_nodes
+
+    job = make_job(prompts=["a red circle on a blue background", "a white triangle"], seeds=2, steps=6,
+                   sampler="dpmpp_2m")
+    executor = RayExecutor(simulated_nodes(), farm_home)  # its own actors: killing one spares the shared farm
+    try:
+        chaos = KillAfterFirstSegment(executor, "sim-24gb")
+        result = Coordinator(chaos, PngWriter(tmp_path), max_segment_steps=2).run(job)
+    finally:
+        executor.shutdown()
+    assert chaos.killed
+    assert len(result.outputs) == 4
+    moved = [read_provenance(p)["segments"] for p in result.outputs]
+    assert any(s[0]["node"] == "sim-24gb" and s[-1]["node"] != "sim-24gb" for s in moved)
+    samples = job.samples()
+    by_index = {read_provenance(p)["sample"]: p for p in result.outputs}
+    for shard in result.shards:
+        group = tuple(samples[i] for i in shard.sample_indices)
+        for sample, expected in zip(group, plain_render(plain_pipe, job, group)):
+            assert np.array_equal(pixels(by_index[sample.index]), expected)
