@@ -74,6 +74,7 @@ class Shard:
     home: str
     bounds: tuple[tuple[int, int], ...]
     need_gib: float
+    memory_mode: str = "full"  # a costmodel.MemoryMode: how the node holds the model for this shard
 
     @property
     def batch(self) -> int:
@@ -88,15 +89,23 @@ class ReadySegment:
     index: int
     home: str
     need_gib: float
+    job_id: str = ""  # for queue order (`farm.queue.order_ready`); derived from shard_id when empty
+    model: str = ""  # lets a node that already holds this model take the segment first
 
 
 @dataclass(frozen=True)
 class NodeState:
-    """A node as one planner tick sees it."""
+    """A node as one planner tick sees it.
+
+    `loaded` names the models it holds in memory; `peak_factor` scales the cost model's predictions
+    for this node (`costmodel.peak_correction` of its observed peaks).
+    """
 
     info: NodeInfo
     busy: bool = False
     online: bool = True
+    loaded: frozenset[str] = frozenset()
+    peak_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,7 @@ class SegmentResult:
     checkpoint: bytes | None = None
     images: tuple[bytes, ...] = ()
     memory_mode: str = "full"
+    peak_gib: float = 0.0  # measured peak VRAM of the segment (0 when unknown): refines the cost model
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,260 @@
+"""The pure planner: shards sized by VRAM and speed, segments sized by time, one decision per tick."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm import costmodel, planner
+from farm.catalog import get_model
+from farm.costmodel import Shape
+from farm.errors import DoesNotFit
+from farm.jobspec import make_job
+from farm.model import NodeInfo, NodeState, ReadySegment
+from farm.planner import Demand, PlanContext
+from farm.speed import SpeedBook, reference_step_seconds
+
+DEMO_NODES = [NodeInfo("sim-8", 8, 1.0), NodeInfo("sim-12", 12, 1.6), NodeInfo("sim-24", 24, 3.5)]
+HETERO = [NodeInfo("a8", 8, 1.0), NodeInfo("b12", 12, 1.6), NodeInfo("c16", 16, 2.2), NodeInfo("d24", 24, 3.5)]
+
+
+def demand(family: str = "sd15", size: tuple[int, int, int] = (512, 512, 1), samples: int = 12, steps: int = 30,
+           model: str = "m") -> Demand:
+    return Demand(model, Shape(family, *size), steps, tuple(range(samples)))
+
+
+def by_home(shards: list) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for s in shards:
+        out.setdefault(s.home, []).append(s)
+    return out
+
+
+# --- issue 2: the demo job -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_shards() -> list:
+    job = make_job(prompts=["a", "b", "c", "d"], seeds=3)
+    return planner.shard_job("j1", job, get_model("demo-tiny"), DEMO_NODES)
+
+
+def test_demo_the_24_gib_node_gets_larger_shards_than_the_8_gib_node(demo_shards: list) -> None:
+    homes = by_home(demo_shards)
+    assert min(s.batch for s in homes["sim-24"]) > max(s.batch for s in homes["sim-8"])
+
+
+def test_demo_at_least_two_nodes_get_work_and_every_shard_has_two_segments(demo_shards: list) -> None:
+    assert len(by_home(demo_shards)) >= 2
+    assert all(len(s.bounds) >= 2 for s in demo_shards)
+
+
+def test_demo_every_sample_is_in_exactly_one_shard(demo_shards: list) -> None:
+    assert sorted(i for s in demo_shards for i in s.sample_indices) == list(range(12))
+    assert len({s.id for s in demo_shards}) == len(demo_shards)
+
+
+def test_a_cap_on_segment_steps_still_applies() -> None:
+    job = make_job(prompts=["a", "b"], seeds=2, steps=6)
+    for shard in planner.shard_job("j", job, get_model("demo-tiny"), DEMO_NODES, 2):
+        assert len(shard.bounds) == 3 and all(b - a <= 2 for a, b in shard.bounds)
+
+
+# --- segment bounds and apportion ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("steps", "cap"), [(2, None), (20, None), (20, 3), (7, 100), (1000, 1)])
+def test_segment_bounds_are_contiguous_capped_and_at_least_two(steps: int, cap: int | None) -> None:
+    bounds = planner.segment_bounds(steps, cap)
+    assert bounds[0][0] == 0 and bounds[-1][1] == steps and len(bounds) >= 2
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(b > a for a, b in bounds)
+    if cap and steps >= 2 * cap:
+        assert all(b - a <= cap for a, b in bounds)
+
+
+def test_segment_bounds_refuse_a_single_step() -> None:
+    with pytest.raises(ValueError):
+        planner.segment_bounds(1)
+
+
+def test_apportion_sums_exactly_and_follows_weights() -> None:
+    assert planner.apportion(10, [1, 1, 2]) == [2, 3, 5] or planner.apportion(10, [1, 1, 2]) == [3, 2, 5]
+    assert sum(planner.apportion(7, [1.0, 1.6, 3.5])) == 7
+    assert planner.apportion(0, [1, 2]) == [0, 0]
+
+
+# --- admission -------------------------------------------------------------------------------------
+
+def test_a_job_that_fits_no_node_is_refused_naming_the_vram_it_needs() -> None:
+    big = demand("hunyuanvideo15", (848, 480, 121), samples=1, steps=50)
+    with pytest.raises(DoesNotFit, match=r"at least 4\d\.\d GiB"):
+        planner.plan_shards("j", big, HETERO)
+
+
+def test_a_job_that_fits_only_some_nodes_goes_only_there() -> None:
+    wan = demand("wan21", (832, 480, 81), samples=8, steps=50)
+    shards = planner.plan_shards("j", wan, HETERO)
+    assert set(by_home(shards)) == {"c16", "d24"}
+    assert all(s.need_gib <= costmodel.usable_gib(16) for s in by_home(shards)["c16"])
+
+
+def test_an_observed_peak_correction_can_take_a_node_out_of_a_job() -> None:
+    ltx = demand("ltxv", (768, 512, 121), samples=6, steps=40)
+    assert "b12" in by_home(planner.plan_shards("j", ltx, HETERO))
+    shards = planner.plan_shards("j", ltx, HETERO, context=PlanContext(peak_factors={"b12": 1.3}))
+    assert "b12" not in by_home(shards)
+
+
+# --- shard size: largest batch that fits, within a speed-proportional share ------------------------
+
+def test_each_node_takes_a_share_proportional_to_its_speed() -> None:
+    # Speed is samples per second at the node's batch: a card that holds larger batches of an image
+    # model runs each sample faster, so shares follow 1 / (seconds per sample-step).
+    d = demand(samples=830)
+    counts = {home: sum(s.batch for s in group) for home, group in by_home(planner.plan_shards("j", d, HETERO)).items()}
+    rate = {}
+    for node in HETERO:
+        fit = costmodel.best_fit(d.shape, node.vram_gib, 830)
+        assert fit is not None
+        rate[node.name] = 1 / SpeedBook().seconds_per_sample_step(node, d.shape, fit.batch)
+    for node in HETERO:
+        assert counts[node.name] == pytest.approx(830 * rate[node.name] / sum(rate.values()), abs=2)
+
+
+def test_video_shares_follow_the_declared_speeds() -> None:
+    shards = planner.plan_shards("j", demand("ltxv", (768, 512, 121), samples=66, steps=40), HETERO[1:])
+    counts = {home: sum(s.batch for s in group) for home, group in by_home(shards).items()}
+    for node in HETERO[1:]:
+        assert counts[node.name] == pytest.approx(66 * node.speed / 7.3, abs=1)
+
+
+def test_shards_are_the_largest_batch_the_budget_holds() -> None:
+    d = demand(samples=830)
+    for home, group in by_home(planner.plan_shards("j", d, HETERO)).items():
+        node = next(n for n in HETERO if n.name == home)
+        most = costmodel.best_fit(d.shape, node.vram_gib, 10_000)
+        assert most is not None
+        assert all(s.batch <= most.batch and s.need_gib <= costmodel.usable_gib(node.vram_gib) for s in group)
+        # as few shards as the budget allows, so each is as large as it can be
+        assert len(group) == -(-sum(s.batch for s in group) // most.batch)
+
+
+def test_a_small_share_is_one_shard_of_the_whole_share() -> None:
+    shards = planner.plan_shards("j", demand(samples=12), HETERO)
+    assert all(len(group) == 1 for group in by_home(shards).values())
+
+
+def test_a_larger_peak_factor_gives_a_node_smaller_shards() -> None:
+    d = demand(samples=830)
+    plain = max(s.batch for s in planner.plan_shards("j", d, HETERO) if s.home == "d24")
+    careful = planner.plan_shards("j", d, HETERO, context=PlanContext(peak_factors={"d24": 1.5}))
+    assert max(s.batch for s in careful if s.home == "d24") < plain
+
+
+def test_memory_mode_is_the_cheapest_that_holds_the_batch() -> None:
+    shards = planner.plan_shards("j", demand("sdxl", (1024, 1024, 1), samples=40), HETERO)
+    for s in shards:
+        node = next(n for n in HETERO if n.name == s.home)
+        cheaper = costmodel.MODES[: costmodel.MODES.index(costmodel.MemoryMode(s.memory_mode))]
+        assert all(costmodel.max_batch(Shape("sdxl", 1024, 1024), node.vram_gib, m) < s.batch for m in cheaper)
+
+
+# --- learned speed, backlog and loaded models --------------------------------------------------
+
+def test_learned_speed_moves_work_away_from_a_slow_node() -> None:
+    d = demand(samples=200)
+    book = SpeedBook()
+    for _ in range(10):  # d24 turns out to run sd15 at the speed of the reference card
+        book = book.observe("d24", d.shape, 8, 10, 10 * reference_step_seconds(d.shape, 8))
+    before = sum(s.batch for s in planner.plan_shards("j", d, HETERO) if s.home == "d24")
+    after = sum(s.batch for s in planner.plan_shards("j", d, HETERO, context=PlanContext(speeds=book)) if s.home == "d24")
+    assert after < before * 0.5
+
+
+def test_queued_home_work_moves_new_work_to_free_nodes() -> None:
+    d = demand(samples=100)
+    busy = PlanContext(backlog={"d24": 600.0})
+    assert sum(s.batch for s in planner.plan_shards("j", d, HETERO, context=busy) if s.home == "d24") == 0
+
+
+def test_a_node_that_holds_the_model_is_preferred_for_a_small_job() -> None:
+    twins = [NodeInfo("x", 24, 2.0), NodeInfo("y", 24, 2.0)]
+    video = demand("ltxv", (768, 512, 121), samples=1, steps=40, model="ltx")
+    for holder in ("x", "y"):
+        shards = planner.plan_shards("j", video, twins, context=PlanContext(loaded={holder: frozenset({"ltx"})}))
+        assert [s.home for s in shards] == [holder]
+
+
+# --- segment length by time ---------------------------------------------------------------------
+
+def test_segments_take_about_the_configured_time_on_their_node() -> None:
+    d = demand("wan21", (832, 480, 81), samples=4, steps=50)
+    for target in (30.0, 90.0):
+        for s in planner.plan_shards("j", d, HETERO, context=PlanContext(segment_seconds=target)):
+            node = next(n for n in HETERO if n.name == s.home)
+            step = SpeedBook().step_seconds(node, d.shape, s.batch)
+            longest = max(b - a for a, b in s.bounds)
+            assert longest * step <= target * 1.5 or longest == 1
+            assert min(b - a for a, b in s.bounds) * step >= target * 0.5
+
+
+def test_segment_steps_follow_the_step_time() -> None:
+    assert planner.segment_steps(2.0, 30.0) == 15
+    assert planner.segment_steps(0.5, 30.0) == 60
+    assert planner.segment_steps(100.0, 30.0) == 1
+
+
+def test_backlog_is_the_remaining_steps_of_home_shards() -> None:
+    d = demand(samples=12)
+    shards = planner.plan_shards("j", d, HETERO)
+    backlog = planner.backlog_seconds([(s, d.shape, 0) for s in shards], HETERO, SpeedBook())
+    for s in shards:
+        node = next(n for n in HETERO if n.name == s.home)
+        assert backlog[s.home] == pytest.approx(30 * SpeedBook().step_seconds(node, d.shape, s.batch))
+    halfway = planner.backlog_seconds([(s, d.shape, 15) for s in shards], HETERO, SpeedBook())
+    assert halfway["d24"] == pytest.approx(backlog["d24"] / 2)
+
+
+# --- plan_tick -------------------------------------------------------------------------------------
+
+def state(name: str, vram: float, speed: float = 1.0, busy: bool = False, online: bool = True,
+          loaded: frozenset[str] = frozenset(), factor: float = 1.0) -> NodeState:
+    return NodeState(NodeInfo(name, vram, speed), busy, online, loaded, factor)
+
+
+def seg(shard: str, home: str, need: float = 2.0, model: str = "m", index: int = 0) -> ReadySegment:
+    return ReadySegment(shard, index, home, need, job_id=shard.split("/")[0], model=model)
+
+
+def test_a_node_runs_its_own_segment_before_a_neighbour_may() -> None:
+    out = planner.plan_tick([seg("j/s0", "b"), seg("j/s1", "a")], [state("a", 24, 9.0), state("b", 24)])
+    assert {(a.node, a.shard_id) for a in out} == {("a", "j/s1"), ("b", "j/s0")}
+
+
+def test_waiting_work_goes_first_to_a_node_that_holds_its_model_then_the_fastest() -> None:
+    nodes = [state("slow", 24, 1.0, loaded=frozenset({"m"})), state("fast", 24, 3.0), state("home", 24, busy=True)]
+    out = planner.plan_tick([seg("j/s0", "home")], nodes)
+    assert [(a.node, a.shard_id) for a in out] == [("slow", "j/s0")]
+    out = planner.plan_tick([seg("j/s0", "home", model="other")], nodes)
+    assert [a.node for a in out] == ["fast"]
+
+
+def test_queue_order_decides_who_gets_the_only_idle_node() -> None:
+    nodes = [state("free", 24), state("busy", 24, busy=True)]
+    out = planner.plan_tick([seg("hi/s0", "busy"), seg("lo/s0", "busy")], nodes)
+    assert [a.shard_id for a in out] == ["hi/s0"]
+
+
+def test_a_segment_never_goes_to_a_node_it_does_not_fit_or_that_is_busy_or_offline() -> None:
+    # usable budgets: small 6.7 GiB; careful 10.3 GiB but its predictions count double
+    nodes = [state("small", 8), state("busy", 24, busy=True), state("gone", 24, online=False),
+             state("careful", 12, factor=2.0)]
+    assert planner.plan_tick([seg("j/s0", "busy", need=7.0)], nodes) == []
+    assert [a.node for a in planner.plan_tick([seg("j/s0", "gone", need=6.0)], nodes)] == ["small"]
+    assert [a.node for a in planner.plan_tick([seg("j/s0", "gone", need=5.0)], nodes[1:])] == ["careful"]
+    assert planner.plan_tick([seg("j/s0", "careful", need=5.5)], nodes[1:]) == []
+
+
+def test_no_idle_node_is_left_while_a_segment_that_fits_it_waits() -> None:
+    nodes = [state("a", 8), state("b", 12), state("c", 24)]
+    ready = [seg("j/s0", "c", need=18.0), seg("j/s1", "c", need=2.0), seg("j/s2", "c", need=2.0)]
+    out = planner.plan_tick(ready, nodes)
+    assert len(out) == 3 and len({a.node for a in out}) == 3
