@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from farm.costmodel import PROFILES, ModelProfile
 from farm.errors import InvalidInput
 
-SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")
+# Samplers each family can run. Heun and DPM2 are second-order: cut only at whole steps.
+EPS_SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "heun", "dpm2")
+FLOW_SAMPLERS = ("flow_euler", "unipc")
+FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
+    "sd15": EPS_SAMPLERS,
+    "sdxl": EPS_SAMPLERS,
+    "flux": ("flow_euler",),
+    "ltxv": ("flow_euler",),
+    "wan21": FLOW_SAMPLERS,
+    "wan22": FLOW_SAMPLERS,
+    "hunyuanvideo15": ("flow_euler",),
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,13 @@ class ModelInfo:
     # A diffusers-format folder shipped inside the farm package (relative to farm/), for models whose
     # weights are committed; None for models built in code on first use.
     bundled: str | None = None
+    max_frames: int = 1  # 1: an image model
+    fps: int = 0  # a video model's frame rate
+    default_sampler: str = "euler_a"
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return FAMILY_SAMPLERS[self.family]
 
     @property
     def memory(self) -> ModelProfile:

@@ -43,17 +43,25 @@ StateValue = Union[None, bool, int, float, str, RawTensor, list["StateValue"]]
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Everything a node needs to run steps `[step, ...)` of a shard without the text encoder."""
+    """Everything a node needs to run steps `[step, ...)` of a shard without text encoders or VAE.
+
+    `step` counts the denoising loop's iterations (model evaluations): for first-order samplers
+    that is the step number; second-order samplers may only be cut where a whole step ends.
+    `conditioning` holds the family's encoded prompts by name (e.g. `prompt_embeds`,
+    `pooled_prompt_embeds`), already arranged as the denoiser consumes them.
+    """
 
     model: str
+    family: str
     sampler: str
     step: int
     steps: int
     guidance: float
     width: int
     height: int
+    frames: int
     seeds: tuple[int, ...]
     latents: RawTensor
-    prompt_embeds: RawTensor
+    conditioning: dict[str, RawTensor]
     scheduler_state: dict[str, StateValue]
     rng_states: tuple[bytes, ...]

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--width", type=int, default=None)
     render.add_argument("--height", type=int, default=None)
     render.add_argument("--guidance", type=float, default=7.5)
-    render.add_argument("--sampler", default="euler_a")
+    render.add_argument("--sampler", default=None, help="default: the model's own")
     render.add_argument("--negative", default="", help="negative prompt")
     _common(render)
 

@@ -284,15 +284,32 @@ def max_batch(shape: Shape, vram_gib: float, mode: MemoryMode = MemoryMode.FULL,
     return lo
 
 
+def fits(shape: Shape, vram_gib: float, want: int, correction: float = 1.0) -> list[Fit]:
+    """For each batch from 1 up to the largest the node holds (at most `want`), the cheapest mode
+    that holds it; empty when not even one sample fits."""
+    caps = {mode: max_batch(shape, vram_gib, mode, want, correction) for mode in MODES}
+    out = []
+    for batch in range(1, max(caps.values()) + 1):
+        mode = next(m for m in MODES if caps[m] >= batch)
+        out.append(Fit(mode, batch, shard_peak_gib(shape, batch, mode)))
+    return out
+
+
 def best_fit(shape: Shape, vram_gib: float, want: int, correction: float = 1.0) -> Fit | None:
     """The largest batch up to `want` that the node holds in any mode, in the cheapest mode that holds
     it; None when not even one sample fits."""
-    fits = {mode: min(want, max_batch(shape, vram_gib, mode, want, correction)) for mode in MODES}
-    batch = max(fits.values())
+    caps = {mode: max_batch(shape, vram_gib, mode, want, correction) for mode in MODES}
+    batch = max(caps.values())
     if batch == 0:
         return None
-    mode = next(m for m in MODES if fits[m] == batch)
+    mode = next(m for m in MODES if caps[m] == batch)
     return Fit(mode, batch, shard_peak_gib(shape, batch, mode))
+
+
+def mode_needs(shape: Shape, batch: int) -> tuple[tuple[str, float], ...]:
+    """(mode, peak GiB) of a batch in every mode that can run it at all, cheapest in time first."""
+    peaks = ((str(mode), shard_peak_gib(shape, batch, mode)) for mode in MODES)
+    return tuple((mode, peak) for mode, peak in peaks if math.isfinite(peak))
 
 
 def min_vram_gib(shape: Shape) -> float:

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from farm.catalog import SAMPLERS, get_model
+from farm.catalog import get_model
 from farm.errors import InvalidInput
 from farm.model import JobSpec
 
@@ -20,7 +20,7 @@ MAX_SEEDS = 10_000
 MAX_STEPS = 1000
 MAX_SEED_VALUE = 2**63 - 1
 JOB_FIELDS = {"model", "prompts", "seeds", "seed", "steps", "width", "height", "guidance", "sampler",
-              "negative_prompt", "priority", "owner"}
+              "negative_prompt", "priority", "owner", "frames"}
 
 
 def _int(field: str, value: Any, lo: int, hi: int) -> int:
@@ -47,10 +47,11 @@ def make_job(
     width: Any = None,
     height: Any = None,
     guidance: Any = 7.5,
-    sampler: Any = "euler_a",
+    sampler: Any = None,
     negative_prompt: Any = "",
     priority: Any = 0,
     owner: Any = "local",
+    frames: Any = 1,
 ) -> JobSpec:
     """Check every field and build the job; `seeds` is how many seeds, counted up from `seed`."""
     if not isinstance(model, str):
@@ -73,8 +74,10 @@ def make_job(
         raise InvalidInput("guidance", f"must be a number from 0 to 50, got {guidance!r}")
     if not 0 <= guidance <= 50:
         raise InvalidInput("guidance", f"must be from 0 to 50, got {guidance}")
-    if sampler not in SAMPLERS:
-        raise InvalidInput("sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    sampler = info.default_sampler if sampler is None else sampler
+    if sampler not in info.samplers:
+        raise InvalidInput("sampler", f"must be one of {', '.join(info.samplers)} for {model}, got {sampler!r}")
+    frames = _int("frames", frames, 1, info.max_frames)
     if not isinstance(negative_prompt, str):
         raise InvalidInput("negative_prompt", "must be a string")
     priority = _int("priority", priority, -100, 100)
@@ -92,6 +95,7 @@ def make_job(
         negative_prompt=negative_prompt,
         priority=priority,
         owner=owner,
+        frames=frames,
     )
 
 

@@ -42,6 +42,7 @@ class JobSpec:
     negative_prompt: str = ""
     priority: int = 0
     owner: str = "local"
+    frames: int = 1  # 1 for images; a video model's frame count
 
     def samples(self) -> tuple[Sample, ...]:
         """Every prompt once per seed, prompt-major, so sample indices are stable across runs."""
@@ -75,6 +76,9 @@ class Shard:
     bounds: tuple[tuple[int, int], ...]
     need_gib: float
     memory_mode: str = "full"  # a costmodel.MemoryMode: how the node holds the model for this shard
+    # (memory mode, peak GiB) for every mode that holds this batch, cheapest in time first: another
+    # node may run a segment in a leaner mode than the home's, since the checkpoint is the same.
+    needs: tuple[tuple[str, float], ...] = ()
 
     @property
     def batch(self) -> int:
@@ -91,6 +95,8 @@ class ReadySegment:
     need_gib: float
     job_id: str = ""  # for queue order (`farm.queue.order_ready`); derived from shard_id when empty
     model: str = ""  # lets a node that already holds this model take the segment first
+    priority: int = 0  # the job's priority: a node keeps to the model it holds only within one priority
+    needs: tuple[tuple[str, float], ...] = ()  # the shard's `needs`; empty: only `need_gib`
 
 
 @dataclass(frozen=True)
@@ -110,11 +116,12 @@ class NodeState:
 
 @dataclass(frozen=True)
 class Assignment:
-    """Run segment `index` of shard `shard_id` on node `node`."""
+    """Run segment `index` of shard `shard_id` on node `node` (in `memory_mode`; empty: the shard's)."""
 
     node: str
     shard_id: str
     index: int
+    memory_mode: str = ""
 
 
 @dataclass(frozen=True)

@@ -18,20 +18,22 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from farm import costmodel
 from farm.catalog import ModelInfo
 from farm.costmodel import Fit, Shape
 from farm.ids import shard_id
 from farm.model import Assignment, JobSpec, NodeInfo, NodeState, ReadySegment, Shard
-from farm.speed import SpeedBook, load_seconds
+from farm.speed import SpeedBook, load_seconds, reference_decode_seconds
 
 # Target duration of one segment: bounds the work a crash loses and how long an owner waits to get
 # the GPU back, while keeping hand-offs (a checkpoint each) rare.
 SEGMENT_SECONDS = 30.0
 # No cap on steps per segment by default: the length comes from SEGMENT_SECONDS.
 DEFAULT_SEGMENT_STEPS: int | None = None
+# A larger batch is chosen only while it runs a sample at least this much faster.
+BATCH_GAIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -53,17 +55,21 @@ class PlanContext:
 
 @dataclass(frozen=True)
 class Demand:
-    """What sharding needs of a job: which model, its costed shape, its steps and sample indices."""
+    """What sharding needs of a job: which model, its costed shape, its steps, the sample indices
+    still to place, its priority, and the index its next shard gets (shard ids stay unique when a
+    job's unstarted samples are planned again)."""
 
     model: str
     shape: Shape
     steps: int
     samples: tuple[int, ...]
+    priority: int = 0
+    first_shard: int = 0
 
 
 def demand_of(job: JobSpec, model: ModelInfo) -> Demand:
     shape = Shape(model.profile, *model.costed_size(job.width, job.height))
-    return Demand(job.model, shape, job.steps, tuple(s.index for s in job.samples()))
+    return Demand(job.model, shape, job.steps, tuple(s.index for s in job.samples()), job.priority)
 
 
 def segment_bounds(steps: int, max_steps: int | None = None) -> tuple[tuple[int, int], ...]:
@@ -93,35 +99,58 @@ def apportion(total: int, weights: Sequence[float]) -> list[int]:
     return shares
 
 
-def _fits(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) -> list[tuple[NodeInfo, Fit]]:
-    """Nodes that hold at least one sample, with the largest batch each holds (admission: raises
-    DoesNotFit naming the VRAM the job needs when there are none)."""
-    want = len(demand.samples)
-    fits = [(n, costmodel.best_fit(demand.shape, n.vram_gib, want, context.peak_factors.get(n.name, 1.0))) for n in nodes]
-    found = [(n, f) for n, f in fits if f is not None]
-    if not found:
+@dataclass(frozen=True)
+class _Option:
+    """How a node would run a job: its batch (`fit`) and the fits of every smaller batch."""
+
+    node: NodeInfo
+    fit: Fit
+    smaller: tuple[Fit, ...]
+
+
+def _sample_seconds(shape: Shape, steps: int, fit: Fit, node: NodeInfo, speeds: SpeedBook) -> float:
+    """Expected seconds of one sample on a node in a shard of `fit`: its steps and its decode."""
+    decode = reference_decode_seconds(shape, 1, fit.mode.tiled) * speeds.factor(node, shape.family)
+    return speeds.seconds_per_sample_step(node, shape, fit.batch) * steps + decode
+
+
+def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) -> list[_Option]:
+    """The nodes that hold at least one sample, each with its batch: the largest its budget holds,
+    except where a smaller batch runs a sample as fast (within BATCH_GAIN). Image models get faster
+    per sample up to the largest batch; video models do not, and a shard of one video is one that
+    another card can take. Raises DoesNotFit (admission) when no node holds a sample."""
+    out = []
+    for node in nodes:
+        fits = costmodel.fits(demand.shape, node.vram_gib, len(demand.samples), context.peak_factors.get(node.name, 1.0))
+        if not fits:
+            continue
+        seconds = [_sample_seconds(demand.shape, demand.steps, f, node, context.speeds) for f in fits]
+        fastest = min(seconds)
+        chosen = next(f for f, t in zip(fits, seconds) if t <= fastest * (1 + BATCH_GAIN))
+        out.append(_Option(node, chosen, tuple(fits[: chosen.batch])))
+    if not out:
         raise costmodel.does_not_fit(demand.shape, [n.vram_gib for n in nodes])
-    return found
+    return out
 
 
-def split_samples(demand: Demand, fits: Sequence[tuple[NodeInfo, Fit]], context: PlanContext) -> list[int]:
+def split_samples(demand: Demand, options: Sequence[_Option], context: PlanContext) -> list[int]:
     """How many samples each node gets: each sample goes where it would finish first.
 
     A node's clock starts at its backlog, plus the model load where it does not hold the model; each
-    sample adds its steps at the node's learned (or declared) speed and largest batch. With no
+    sample adds its steps and decode at the node's learned (or declared) speed and its batch. With no
     backlog and no loads this is a share proportional to speed, to within one sample.
     """
     heap = []
     per_sample = []
-    for i, (node, fit) in enumerate(fits):
-        seconds = context.speeds.seconds_per_sample_step(node, demand.shape, fit.batch) * demand.steps
-        start = context.backlog.get(node.name, 0.0)
-        if demand.model not in context.loaded.get(node.name, frozenset()):
+    for i, opt in enumerate(options):
+        seconds = _sample_seconds(demand.shape, demand.steps, opt.fit, opt.node, context.speeds)
+        start = context.backlog.get(opt.node.name, 0.0)
+        if demand.model not in context.loaded.get(opt.node.name, frozenset()):
             start += load_seconds(demand.shape)
         per_sample.append(seconds)
-        heap.append((start + seconds, -node.speed, i))
+        heap.append((start + seconds, -opt.node.speed, i))
     heapq.heapify(heap)
-    counts = [0] * len(fits)
+    counts = [0] * len(options)
     for _ in demand.samples:
         finish, order, i = heapq.heappop(heap)
         counts[i] += 1
@@ -129,33 +158,68 @@ def split_samples(demand: Demand, fits: Sequence[tuple[NodeInfo, Fit]], context:
     return counts
 
 
-def plan_shards(job_id: str, demand: Demand, nodes: Sequence[NodeInfo], max_segment_steps: int | None = None,
-                context: PlanContext = PlanContext()) -> list[Shard]:
-    """Shards of `demand` for `nodes` (see the module docstring); raises DoesNotFit."""
-    fits = _fits(demand, nodes, context)
+def _shards(job_id: str, demand: Demand, options: Sequence[_Option], counts: Sequence[int],
+            max_segment_steps: int | None, context: PlanContext) -> list[Shard]:
+    """Cut each node's count into as few shards as its batch allows, each into segments."""
     shards: list[Shard] = []
     cursor = 0
-    for (node, fit), count in zip(fits, split_samples(demand, fits, context)):
+    for opt, count in zip(options, counts):
         if count == 0:
             continue
-        for size in apportion(count, [1.0] * math.ceil(count / fit.batch)):
-            sized = costmodel.best_fit(demand.shape, node.vram_gib, size, context.peak_factors.get(node.name, 1.0))
-            assert sized is not None and sized.batch == size  # a smaller batch than a fitting one fits
-            per = segment_steps(context.speeds.step_seconds(node, demand.shape, size), context.segment_seconds)
+        for size in apportion(count, [1.0] * math.ceil(count / opt.fit.batch)):
+            sized = opt.smaller[size - 1]
+            per = segment_steps(context.speeds.step_seconds(opt.node, demand.shape, size), context.segment_seconds)
             cap = min(per, max_segment_steps) if max_segment_steps else per
             shards.append(
                 Shard(
-                    id=shard_id(job_id, len(shards)),
+                    id=shard_id(job_id, demand.first_shard + len(shards)),
                     job_id=job_id,
                     sample_indices=demand.samples[cursor : cursor + size],
-                    home=node.name,
+                    home=opt.node.name,
                     bounds=segment_bounds(demand.steps, cap),
                     need_gib=sized.need_gib,
                     memory_mode=str(sized.mode),
+                    needs=costmodel.mode_needs(demand.shape, size),
                 )
             )
             cursor += size
     return shards
+
+
+def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo], max_segment_steps: int | None = None,
+               context: PlanContext = PlanContext()) -> dict[str, list[Shard]]:
+    """Shards for every job's unplaced samples at once: (job id, demand) pairs in queue order.
+
+    Placing one job at a time in arrival order fills the large cards with work any card could do,
+    and a video job that arrives next then queues behind it while small cards idle. So within a
+    priority the jobs that fit the least capacity (the sum of speeds of the nodes that hold them)
+    are placed first, and each later job's samples go where they finish first behind them. Higher
+    priorities are placed first. Execution order stays the queue order (`plan_tick`). Call it again
+    with the unstarted samples of every queued job whenever a job arrives. Raises DoesNotFit.
+    """
+    options = {job_id: _options(d, nodes, context) for job_id, d in demands}
+    capacity = {job_id: sum(context.speeds.relative_speed(o.node, d.shape.family) for o in options[job_id])
+                for job_id, d in demands}
+    order = sorted(range(len(demands)), key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], i))
+    backlog = {n.name: context.backlog.get(n.name, 0.0) for n in nodes}
+    loaded = {n.name: context.loaded.get(n.name, frozenset()) for n in nodes}
+    by_name = {n.name: n for n in nodes}
+    out: dict[str, list[Shard]] = {}
+    for i in order:
+        job_id, demand = demands[i]
+        step = replace(context, backlog=backlog, loaded=loaded)
+        counts = split_samples(demand, options[job_id], step)
+        out[job_id] = _shards(job_id, demand, options[job_id], counts, max_segment_steps, step)
+        for shard in out[job_id]:
+            backlog[shard.home] += shard_seconds(shard, demand.shape, 0, by_name[shard.home], context.speeds)
+            loaded[shard.home] = loaded[shard.home] | {demand.model}
+    return out
+
+
+def plan_shards(job_id: str, demand: Demand, nodes: Sequence[NodeInfo], max_segment_steps: int | None = None,
+                context: PlanContext = PlanContext()) -> list[Shard]:
+    """Shards of one job for `nodes` (see the module docstring); raises DoesNotFit."""
+    return plan_queue([(job_id, demand)], nodes, max_segment_steps, context)[job_id]
 
 
 def shard_job(
@@ -176,8 +240,10 @@ def shard_job(
 
 
 def shard_seconds(shard: Shard, shape: Shape, from_step: int, node: NodeInfo, speeds: SpeedBook) -> float:
-    """Expected seconds of a shard's denoising from step `from_step` to the end on `node`."""
-    return (shard.bounds[-1][1] - from_step) * speeds.step_seconds(node, shape, shard.batch)
+    """Expected seconds of a shard on `node` from step `from_step`: the steps left and the decode."""
+    tiled = costmodel.MemoryMode(shard.memory_mode).tiled
+    decode = reference_decode_seconds(shape, shard.batch, tiled) * speeds.factor(node, shape.family)
+    return (shard.bounds[-1][1] - from_step) * speeds.step_seconds(node, shape, shard.batch) + decode
 
 
 def backlog_seconds(pending: Iterable[tuple[Shard, Shape, int]], nodes: Sequence[NodeInfo],
@@ -191,37 +257,45 @@ def backlog_seconds(pending: Iterable[tuple[Shard, Shape, int]], nodes: Sequence
     return out
 
 
-def _fits_node(seg: ReadySegment, node: NodeState) -> bool:
-    return seg.need_gib * node.peak_factor <= costmodel.usable_gib(node.info.vram_gib)
+def _mode_on(seg: ReadySegment, node: NodeState) -> str | None:
+    """The cheapest memory mode in which the segment fits the node's budget ("" for the shard's own
+    mode when the segment lists no modes); None when it fits in none."""
+    budget = costmodel.usable_gib(node.info.vram_gib)
+    return next((mode for mode, need in seg.needs or (("", seg.need_gib),) if need * node.peak_factor <= budget), None)
 
 
 def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list[Assignment]:
     """One decision per idle node; `ready` is in queue order (earlier first).
 
     Home segments go first, so a node's own next segment is never taken by a neighbour that was
-    merely faster to ask; then each waiting segment, in queue order, goes to an idle node it fits,
-    one that holds its model first, then the fastest.
+    merely faster to ask (within the top priority of its own segments, one of a model it holds comes
+    first: a model load costs more than the order of two jobs' segments on one card). Then each
+    waiting segment, in queue order, goes to an idle node it fits in some memory mode, one that holds
+    its model first, then the fastest. So no node idles while a segment that fits it waits.
     """
     idle = {n.info.name: n for n in nodes if n.online and not n.busy}
     taken: set[tuple[str, int]] = set()
     out: list[Assignment] = []
 
-    def assign(name: str, seg: ReadySegment) -> None:
-        out.append(Assignment(name, seg.shard_id, seg.index))
+    def assign(name: str, seg: ReadySegment, mode: str) -> None:
+        out.append(Assignment(name, seg.shard_id, seg.index, mode))
         taken.add((seg.shard_id, seg.index))
         del idle[name]
 
+    own: dict[str, list[tuple[ReadySegment, str]]] = {}
     for seg in ready:
-        home = idle.get(seg.home)
-        if home is not None and _fits_node(seg, home):
-            assign(seg.home, seg)
+        if seg.home in idle and (mode := _mode_on(seg, idle[seg.home])) is not None:
+            own.setdefault(seg.home, []).append((seg, mode))
+    for name, segs in own.items():
+        top = [(s, m) for s, m in segs if s.priority == segs[0][0].priority]
+        assign(name, *next(((s, m) for s, m in top if s.model in idle[name].loaded), segs[0]))
     for seg in ready:
         if not idle:
             break
         if (seg.shard_id, seg.index) in taken:
             continue
-        candidates = [n for n in idle.values() if _fits_node(seg, n)]
-        if candidates:
-            best = min(candidates, key=lambda n: (seg.model not in n.loaded, -n.info.speed, n.info.name))
-            assign(best.info.name, seg)
+        modes = {name: m for name, n in idle.items() if (m := _mode_on(seg, n)) is not None}
+        if modes:
+            best = min((idle[name] for name in modes), key=lambda n: (seg.model not in n.loaded, -n.info.speed, n.info.name))
+            assign(best.info.name, seg, modes[best.info.name])
     return out

@@ -45,15 +45,17 @@ def encode(cp: Checkpoint) -> bytes:
         "format": FORMAT,
         "version": VERSION,
         "model": cp.model,
+        "family": cp.family,
         "sampler": cp.sampler,
         "step": cp.step,
         "steps": cp.steps,
         "guidance": cp.guidance,
         "width": cp.width,
         "height": cp.height,
+        "frames": cp.frames,
         "seeds": list(cp.seeds),
         "latents": cp.latents,
-        "prompt_embeds": cp.prompt_embeds,
+        "conditioning": cp.conditioning,
         "scheduler_state": cp.scheduler_state,
         "rng_states": list(cp.rng_states),
     }
@@ -103,26 +105,32 @@ def decode(payload: bytes, max_bytes: int = MAX_BYTES) -> Checkpoint:
         raise CheckpointError("checkpoint: field 'seeds' must hold whole numbers")
     if not all(isinstance(r, bytes) for r in rng):
         raise CheckpointError("checkpoint: field 'rng_states' must hold bytes")
+    conditioning = _need(body, "conditioning", dict)
+    if not all(isinstance(k, str) and isinstance(v, RawTensor) for k, v in conditioning.items()):
+        raise CheckpointError("checkpoint: conditioning must map names to tensors")
     state = _need(body, "scheduler_state", dict)
     if not all(isinstance(k, str) for k in state):
         raise CheckpointError("checkpoint: scheduler state keys must be strings")
     step, steps = _need(body, "step", int), _need(body, "steps", int)
-    if not 0 <= step <= steps:
-        raise CheckpointError(f"checkpoint: step {step} is outside 0..{steps}")
+    # `step` counts model evaluations: second-order samplers make up to two per step.
+    if not (0 <= step <= 2 * steps and steps > 0):
+        raise CheckpointError(f"checkpoint: evaluation {step} is outside 0..{2 * steps} for {steps} steps")
     latents = _need(body, "latents", RawTensor)
     if latents.shape[:1] != (len(seeds),) or len(rng) not in (0, len(seeds)):
         raise CheckpointError("checkpoint: latents, seeds and RNG states disagree on the batch size")
     return Checkpoint(
         model=_need(body, "model", str),
+        family=_need(body, "family", str),
         sampler=_need(body, "sampler", str),
         step=step,
         steps=steps,
         guidance=float(_need(body, "guidance", (int, float))),
         width=_need(body, "width", int),
         height=_need(body, "height", int),
+        frames=_need(body, "frames", int),
         seeds=tuple(seeds),
         latents=latents,
-        prompt_embeds=_need(body, "prompt_embeds", RawTensor),
+        conditioning=conditioning,
         scheduler_state={k: _state_value(k, v) for k, v in state.items()},
         rng_states=tuple(rng),
     )

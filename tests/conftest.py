@@ -27,6 +27,14 @@ def embedded(farm_home: Path) -> Iterator[object]:
         yield executor
 
 
+@pytest.fixture
+def engines(tmp_path_factory: pytest.TempPathFactory):
+    """`engines(family)`: that family's tiny pipeline behind a first and a middle-segment engine."""
+    from segment_harness import engines_for
+
+    return lambda family: engines_for(family, tmp_path_factory.getbasetemp())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip GPU-only tests where torch sees no CUDA device (CI has none); they are never deleted."""
     if not any("gpu" in item.keywords for item in items):

@@ -32,19 +32,22 @@ def demo_run(embedded: RayExecutor, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def plain_pipe(farm_home: Path):
-    """The same model as a plain diffusers pipeline in this process.
+def plain(farm_home: Path):
+    """Renders samples with one plain diffusers pipeline call, in this process.
 
     Run with one thread like the farm's workers: CPU kernels sum in a thread-count dependent order,
     which moves the odd pixel by 1/255, as a different batch composition does.
     """
     import torch
 
-    from farm.pipelines.loader import builtin_folder, load_pipeline
+    from farm.pipelines.engine import Engine
+    from farm.pipelines.families import get_family
+    from farm.pipelines.loader import builtin_folder
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_pipeline(builtin_folder("demo-tiny", farm_home))
+    engine = Engine(get_family("sd15"), builtin_folder("demo-tiny", farm_home), "demo-tiny", torch.device("cpu"))
+    yield engine.plain
     torch.set_num_threads(threads)
 
 
@@ -80,19 +83,18 @@ def test_png_carries_parameters_and_provenance(demo_run: tuple[JobSpec, JobResul
             assert f"Seed: {sample.seed}" in im.text["parameters"]
 
 
-def test_farm_images_equal_plain_diffusers(demo_run: tuple[JobSpec, JobResult], plain_pipe) -> None:
+def test_farm_images_equal_plain_diffusers(demo_run: tuple[JobSpec, JobResult], plain) -> None:
     """Same batch composition: pixel-identical. Any batch composition (here: one at a time): within 1/255."""
-    from farm.pipelines.sd import plain_render
 
     job, result = demo_run
     by_index = {read_provenance(p)["sample"]: p for p in result.outputs}
     samples = job.samples()
     for shard in result.shards:
         group = tuple(samples[i] for i in shard.sample_indices)
-        for sample, expected in zip(group, plain_render(plain_pipe, job, group)):
+        for sample, expected in zip(group, plain(job, group)):
             assert np.array_equal(pixels(by_index[sample.index]), expected), f"sample {sample.index} differs"
     for sample in samples[:4]:
-        (alone,) = plain_render(plain_pipe, job, (sample,))
+        (alone,) = plain(job, (sample,))
         assert np.abs(pixels(by_index[sample.index]) - alone).max() <= 1
 
 
@@ -125,8 +127,7 @@ class KillAfterFirstSegment:
 
 
 def test_lost_node_resumes_elsewhere_from_its_checkpoint(embedded: RayExecutor, farm_home: Path, tmp_path: Path,
-                                                         plain_pipe) -> None:
-    from farm.pipelines.sd import plain_render
+                                                         plain) -> None:
     from node.simulated import simulated_nodes
 
     job = make_job(prompts=["a red circle on a blue background", "a white triangle"], seeds=2, steps=6,
@@ -145,5 +146,5 @@ def test_lost_node_resumes_elsewhere_from_its_checkpoint(embedded: RayExecutor, 
     by_index = {read_provenance(p)["sample"]: p for p in result.outputs}
     for shard in result.shards:
         group = tuple(samples[i] for i in shard.sample_indices)
-        for sample, expected in zip(group, plain_render(plain_pipe, job, group)):
+        for sample, expected in zip(group, plain(job, group)):
             assert np.array_equal(pixels(by_index[sample.index]), expected)

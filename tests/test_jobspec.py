@@ -36,7 +36,9 @@ def test_samples_are_prompt_major_with_counted_seeds() -> None:
         ({"seeds": 0}, "seeds", "from 1 to 10000"),
         ({"guidance": -0.5}, "guidance", "from 0 to 50"),
         ({"guidance": float("nan")}, "guidance", "from 0 to 50"),
-        ({"sampler": "heun"}, "sampler", "one of ddim, euler"),
+        ({"sampler": "lms"}, "sampler", "one of ddim, euler"),
+        ({"sampler": "flow_euler"}, "sampler", "for demo-tiny"),
+        ({"frames": 2}, "frames", "from 1 to 1"),
         ({"steps": True}, "steps", "whole number"),
     ],
 )

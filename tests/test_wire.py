@@ -18,8 +18,9 @@ def make_checkpoint(batch: int = 2) -> Checkpoint:
     latents = RawTensor("float32", (batch, 4, 2, 2), struct.pack(f"<{batch * 16}f", *range(batch * 16)))
     embeds = RawTensor("bfloat16", (2 * batch, 3, 2), bytes(range(24 * batch)))
     return Checkpoint(
-        model="demo-tiny", sampler="dpmpp_2m", step=3, steps=10, guidance=7.5, width=64, height=64,
-        seeds=tuple(range(batch)), latents=latents, prompt_embeds=embeds,
+        model="demo-tiny", family="sd15", sampler="dpmpp_2m", step=3, steps=10, guidance=7.5, width=64,
+        height=64, frames=1, seeds=tuple(range(batch)), latents=latents,
+        conditioning={"prompt_embeds": embeds, "pooled": RawTensor("float32", (batch, 1), bytes(4 * batch))},
         scheduler_state={"_step_index": 3, "lower_order_nums": 2, "model_outputs": [None, latents],
                          "sigmas": RawTensor("float64", (2,), struct.pack("<2d", 1.5, 0.0)), "flag": True},
         rng_states=tuple(bytes([i]) * 16 for i in range(batch)),

@@ -1,5 +1,6 @@
-"""Where pipelines come from: built-in models are made once into a folder, then everything loads
-through `from_pretrained`, the same call a Hugging Face id or a local folder of real weights takes."""
+"""Where pipelines come from: built-in models are made once into a folder (or shipped in the
+package), then everything loads through `from_pretrained`, the same call a Hugging Face id or a
+local folder of real weights takes."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from farm.catalog import get_model
+from farm.pipelines.families import get_family
 from farm.pipelines.quiet import quiet_libraries
-from farm.pipelines.tiny import build_demo_pipeline
-
-BUILDERS = {"demo-tiny": build_demo_pipeline}
 
 
 def farm_home() -> Path:
@@ -38,7 +37,8 @@ def builtin_folder(name: str, home: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        BUILDERS[name]().save_pretrained(tmp)
+        quiet_libraries()
+        get_family(info.family).build_tiny().save_pretrained(tmp)
         try:
             tmp.rename(target)
         except OSError:
@@ -53,13 +53,11 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_pipeline(source: str | Path, device: torch.device | None = None) -> StableDiffusionPipeline:
-    """Load a pipeline from a folder or a Hugging Face id: fp16 on a GPU, fp32 on a CPU."""
+def load_pipeline(source: str | Path, device: torch.device | None = None) -> DiffusionPipeline:
+    """Load a whole pipeline from a folder or a Hugging Face id: fp16 on a GPU, fp32 on a CPU."""
     quiet_libraries()
     device = device or pick_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(source), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
+    pipe = DiffusionPipeline.from_pretrained(str(source), torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

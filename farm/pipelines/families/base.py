@@ -1,0 +1,86 @@
+"""What a model family must say so the generic engine can run it as segments.
+
+The engine (farm/pipelines/engine.py) owns the segment mechanics: stage-wise loading, checkpoints,
+RNG and scheduler state. A family owns what differs between pipelines: how prompts are encoded,
+how initial latents are drawn, what one loop iteration does, how latents become pixels. Each
+method mirrors the corresponding part of the diffusers pipeline's `__call__`, calling the
+pipeline's own helpers where it has them, so a cut run equals the uncut pipeline call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from farm.model import JobSpec, Sample
+
+
+@dataclass
+class Live:
+    """A shard between loop iterations, in torch form on one node."""
+
+    job: JobSpec
+    seeds: tuple[int, ...]
+    latents: torch.Tensor
+    cond: dict[str, torch.Tensor]
+    scheduler: SchedulerMixin
+    generators: list[torch.Generator]
+    step: int = 0
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+class Family(ABC):
+    """A model family (SD 1.5, SDXL, Flux, LTX-Video, Wan, HunyuanVideo-1.5)."""
+
+    name: str
+    pipeline_class: type[DiffusionPipeline]
+    # Pipeline components each stage loads; everything else is passed as None to from_pretrained.
+    stages: dict[str, tuple[str, ...]]
+
+    @abstractmethod
+    def build_tiny(self, seed: int = 0) -> DiffusionPipeline:
+        """A tiny pipeline of this family built in code (tests, demo): seeded, no download."""
+
+    @abstractmethod
+    def encode(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> dict[str, torch.Tensor]:
+        """Prompt conditioning, arranged as the denoiser consumes it (guidance halves included)."""
+
+    @abstractmethod
+    def init_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
+                     generators: list[torch.Generator], scheduler: SchedulerMixin,
+                     configs: dict[str, dict]) -> torch.Tensor:
+        """Initial noise from one generator per sample, drawn as the pipeline draws it.
+
+        `configs` holds every component's config (read from disk, weights not loaded): the encode
+        stage has no denoiser or VAE, but the latent shape depends on both.
+        """
+
+    @abstractmethod
+    def set_timesteps(self, pipe: DiffusionPipeline, job: JobSpec, scheduler: SchedulerMixin,
+                      latents_shape: tuple[int, ...]) -> None:
+        """Prepare `scheduler` for `job.steps` steps exactly as the pipeline does (shift, mu, sigmas)."""
+
+    @abstractmethod
+    def step(self, pipe: DiffusionPipeline, live: Live, i: int) -> torch.Tensor:
+        """Loop iteration `i`: model evaluation, guidance, scheduler step; returns the new latents."""
+
+    @abstractmethod
+    def decode(self, pipe: DiffusionPipeline, live: Live) -> list[np.ndarray]:
+        """8-bit RGB per sample: (H, W, 3) for images, (F, H, W, 3) for videos."""
+
+    @abstractmethod
+    def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
+        """The baseline: one ordinary pipeline call for these samples, as 8-bit RGB like `decode`."""
+
+    def prepare_stage(self, pipe: DiffusionPipeline, stage: str, configs: dict[str, dict]) -> None:
+        """Fix up a pipeline loaded without some components (e.g. its VAE scale factor)."""
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """diffusers' float-to-8-bit rule (`numpy_to_pil`): scale by 255 and round."""
+    return (image * 255).round().astype("uint8")
