@@ -1,16 +1,18 @@
-"""The pure planner: turns a job and the node table into shards, and ready segments into assignments.
+"""The pure planner: turns jobs and the node table into shards, and ready segments into assignments.
 
 Two decisions, both pure functions of plain tables so they are tested without Ray or torch:
 
-* `shard_job` (once, at admission): the job goes only to nodes whose VRAM holds one sample in some
-  memory mode. Each sample goes to the node where it would finish first, counting the node's queued
-  home work and, where it does not hold the model, the load; on idle nodes that is a share
-  proportional to speed. A node's share is cut into shards of the largest batch its budget holds,
-  and each shard into segments that take about `segment_seconds` on it (at least two).
+* `plan_queue` / `shard_job` (at admission; again over unstarted work when a job arrives or a node
+  runs out of home work): a job goes only to nodes whose VRAM holds one sample in some memory mode.
+  Each sample goes to the node where it would finish first, counting the node's queued home work
+  and, where it does not hold the model, the load; on idle nodes that is a share proportional to
+  speed. A node's share is cut into shards of the largest batch its budget holds (unless a smaller
+  one runs a sample as fast: video), and each shard into segments of about `segment_seconds` on it
+  (at least two).
 * `plan_tick` (every tick): each idle node takes one ready segment; `ready` comes in queue order
-  (`farm.queue`). A node's own shards go first (the batch and segment length were sized for it);
-  any other waiting segment then goes to an idle node it fits, preferring one that already holds
-  its model, then the fastest. So no node idles while a segment that fits it waits.
+  (`farm.queue`). A node's own shards go first (batch and segment length were sized for it); any
+  other waiting segment then goes to an idle node it fits in some memory mode, preferring one that
+  already holds its model, then the fastest. So no node idles while a segment that fits it waits.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Demand:
 
 
 def demand_of(job: JobSpec, model: ModelInfo) -> Demand:
-    shape = Shape(model.profile, *model.costed_size(job.width, job.height))
+    shape = Shape(model.profile, *model.costed_size(job.width, job.height), job.frames)
     return Demand(job.model, shape, job.steps, tuple(s.index for s in job.samples()), job.priority)
 
 

@@ -6,12 +6,12 @@ import pytest
 
 from farm import costmodel, planner
 from farm.catalog import get_model
-from farm.costmodel import Shape
+from farm.costmodel import MemoryMode, Shape
 from farm.errors import DoesNotFit
 from farm.jobspec import make_job
 from farm.model import NodeInfo, NodeState, ReadySegment
 from farm.planner import Demand, PlanContext
-from farm.speed import SpeedBook, reference_step_seconds
+from farm.speed import SpeedBook, reference_decode_seconds, reference_step_seconds
 
 DEMO_NODES = [NodeInfo("sim-8", 8, 1.0), NodeInfo("sim-12", 12, 1.6), NodeInfo("sim-24", 24, 3.5)]
 HETERO = [NodeInfo("a8", 8, 1.0), NodeInfo("b12", 12, 1.6), NodeInfo("c16", 16, 2.2), NodeInfo("d24", 24, 3.5)]
@@ -126,15 +126,26 @@ def test_video_shares_follow_the_declared_speeds() -> None:
         assert counts[node.name] == pytest.approx(66 * node.speed / 7.3, abs=1)
 
 
-def test_shards_are_the_largest_batch_the_budget_holds() -> None:
+def test_image_shards_are_as_large_as_speeds_a_sample_up() -> None:
     d = demand(samples=830)
     for home, group in by_home(planner.plan_shards("j", d, HETERO)).items():
         node = next(n for n in HETERO if n.name == home)
         most = costmodel.best_fit(d.shape, node.vram_gib, 10_000)
         assert most is not None
-        assert all(s.batch <= most.batch and s.need_gib <= costmodel.usable_gib(node.vram_gib) for s in group)
-        # as few shards as the budget allows, so each is as large as it can be
-        assert len(group) == -(-sum(s.batch for s in group) // most.batch)
+        assert all(s.need_gib <= costmodel.usable_gib(node.vram_gib) for s in group)
+        # a larger batch would run each sample at most BATCH_GAIN faster, and none is beyond the budget
+        chosen = max(s.batch for s in group)
+        assert chosen <= most.batch
+        book = SpeedBook()
+        per_sample = book.seconds_per_sample_step(node, d.shape, chosen)
+        assert book.seconds_per_sample_step(node, d.shape, most.batch) >= per_sample * (1 - 2 * planner.BATCH_GAIN)
+        assert chosen >= 0.6 * most.batch
+
+
+def test_video_shards_hold_one_sample_since_batching_does_not_speed_it_up() -> None:
+    # Video step time is linear in batch: a shard of one video is one more card can take.
+    shards = planner.plan_shards("j", demand("wan21", (832, 480, 81), samples=12, steps=50), HETERO)
+    assert {s.batch for s in shards} == {1}
 
 
 def test_a_small_share_is_one_shard_of_the_whole_share() -> None:
@@ -208,9 +219,10 @@ def test_backlog_is_the_remaining_steps_of_home_shards() -> None:
     backlog = planner.backlog_seconds([(s, d.shape, 0) for s in shards], HETERO, SpeedBook())
     for s in shards:
         node = next(n for n in HETERO if n.name == s.home)
-        assert backlog[s.home] == pytest.approx(30 * SpeedBook().step_seconds(node, d.shape, s.batch))
+        decode = reference_decode_seconds(d.shape, s.batch, MemoryMode(s.memory_mode).tiled) / node.speed
+        assert backlog[s.home] == pytest.approx(30 * SpeedBook().step_seconds(node, d.shape, s.batch) + decode)
     halfway = planner.backlog_seconds([(s, d.shape, 15) for s in shards], HETERO, SpeedBook())
-    assert halfway["d24"] == pytest.approx(backlog["d24"] / 2)
+    assert halfway["d24"] < backlog["d24"] * 0.6
 
 
 # --- plan_tick -------------------------------------------------------------------------------------
@@ -258,3 +270,67 @@ def test_no_idle_node_is_left_while_a_segment_that_fits_it_waits() -> None:
     ready = [seg("j/s0", "c", need=18.0), seg("j/s1", "c", need=2.0), seg("j/s2", "c", need=2.0)]
     out = planner.plan_tick(ready, nodes)
     assert len(out) == 3 and len({a.node for a in out}) == 3
+
+
+# --- plan_queue: the whole queue at once ------------------------------------------------------------
+
+def finish_times(plan: dict[str, list], demands: dict[str, Demand]) -> dict[str, float]:
+    book = SpeedBook()
+    nodes = {n.name: n for n in HETERO}
+    out = {n.name: 0.0 for n in HETERO}
+    for job_id, shards in plan.items():
+        for s in shards:
+            out[s.home] += planner.shard_seconds(s, demands[job_id].shape, 0, nodes[s.home], book)
+    return out
+
+
+def test_jobs_only_big_cards_hold_are_placed_first_so_small_cards_take_the_rest() -> None:
+    demands = {"img": demand(samples=400, model="sd15"), "vid": demand("wan21", (832, 480, 81), samples=6, steps=50, model="wan")}
+    together = planner.plan_queue(list(demands.items()), HETERO)
+    one_by_one = {"img": planner.plan_shards("img", demands["img"], HETERO)}
+    backlog = finish_times(one_by_one, demands)
+    one_by_one["vid"] = planner.plan_shards("vid", demands["vid"], HETERO, context=PlanContext(backlog=backlog))
+    assert max(finish_times(together, demands).values()) < 0.9 * max(finish_times(one_by_one, demands).values())
+    assert {s.home for s in together["vid"]} <= {"c16", "d24"}
+
+
+def test_a_higher_priority_job_is_placed_first() -> None:
+    urgent = Demand("m", Shape("wan21", 832, 480, 81), 50, tuple(range(4)), priority=1)
+    common = Demand("m", Shape("wan21", 832, 480, 81), 50, tuple(range(4)))
+    plan = planner.plan_queue([("common", common), ("urgent", urgent)], HETERO)
+    alone = planner.plan_shards("urgent", urgent, HETERO)
+    assert sorted(s.home for s in plan["urgent"]) == sorted(s.home for s in alone)
+
+
+def test_replanned_shards_continue_the_jobs_shard_numbering() -> None:
+    d = Demand("m", Shape("sd15", 512, 512), 30, (5, 6, 7, 8), first_shard=7)
+    shards = planner.plan_shards("j", d, HETERO)
+    assert [s.id for s in shards] == [f"j/s{7 + i}" for i in range(len(shards))]
+    assert sorted(i for s in shards for i in s.sample_indices) == [5, 6, 7, 8]
+
+
+def test_demo_segments_follow_time_unless_capped() -> None:
+    job = make_job(prompts=["a", "b"], seeds=2, steps=20)
+    for shard in planner.shard_job("j", job, get_model("demo-tiny"), DEMO_NODES):
+        assert len(shard.bounds) == 2  # 20 SD 1.5 steps take a few seconds: the minimum of two segments
+    assert planner.DEFAULT_SEGMENT_STEPS is None
+
+
+# --- plan_tick: memory modes and model affinity ----------------------------------------------------
+
+def test_a_node_takes_a_segment_in_a_leaner_mode_than_its_home_used() -> None:
+    needs = (("full", 11.0), ("offload", 6.0))
+    ready = [ReadySegment("j/s0", 3, "big", 11.0, needs=needs)]
+    out = planner.plan_tick(ready, [state("big", 24, busy=True), state("small", 8)])
+    assert [(a.node, a.memory_mode) for a in out] == [("small", "offload")]
+    out = planner.plan_tick(ready, [state("big", 24), state("small", 8)])
+    assert [(a.node, a.memory_mode) for a in out] == [("big", "full")]
+
+
+def test_a_node_keeps_to_the_model_it_holds_among_its_own_segments_of_one_priority() -> None:
+    ready = [seg("a/s0", "n", model="x"), seg("b/s0", "n", model="y")]
+    out = planner.plan_tick(ready, [state("n", 24, loaded=frozenset({"y"}))])
+    assert [a.shard_id for a in out] == ["b/s0"]
+    urgent = [ReadySegment("a/s0", 0, "n", 2.0, "a", "x", priority=1), ReadySegment("b/s0", 0, "n", 2.0, "b", "y")]
+    out = planner.plan_tick(urgent, [state("n", 24, loaded=frozenset({"y"}))])
+    assert [a.shard_id for a in out] == ["a/s0"]
