@@ -54,6 +54,8 @@ class Coordinator:
         self.reporter = reporter
         self.max_failures = max_failures
         self.max_segment_steps = max_segment_steps
+        # The latest preview PNG of each (job id, sample index) still in progress, for dashboards.
+        self.previews: dict[tuple[str, int], bytes] = {}
 
     def run(self, job: JobSpec, job_id: str | None = None) -> JobResult:
         """Render every sample of `job` and return where the outputs went."""
@@ -81,7 +83,7 @@ class Coordinator:
                 run = runs[a.shard_id]
                 start, end = run.shard.bounds[a.index]
                 task = SegmentTask(job, run.shard.id, tuple(samples[i] for i in run.shard.sample_indices),
-                                   a.index, start, end, run.checkpoint)
+                                   a.index, start, end, run.checkpoint, a.memory_mode or run.shard.memory_mode)
                 inflight[self.executor.submit(a.node, task)] = (a.node, run)
                 run.running = True
                 busy.add(a.node)
@@ -110,9 +112,11 @@ class Coordinator:
 
     def _finished(self, job_id: str, job: JobSpec, run: ShardRun, result: SegmentResult, tally: NodeTally) -> list[Path]:
         start, end = run.shard.bounds[result.index]
-        run.runs.append(StepRun(result.node, result.gpu, start, end))
+        run.runs.append(StepRun(result.node, result.gpu, start, end, result.memory_mode))
         run.next_index += 1
         run.checkpoint = result.checkpoint
+        for index, png in zip(run.shard.sample_indices, result.previews):
+            self.previews[(job_id, index)] = png
         tally.segments += 1
         tally.seconds += result.seconds
         tally.steps += (end - start) * run.shard.batch
@@ -125,6 +129,7 @@ class Coordinator:
         samples = job.samples()
         paths = []
         for index, rgb in zip(run.shard.sample_indices, result.images, strict=True):
+            self.previews.pop((job_id, index), None)
             path = self.sink.write(job_id, job, samples[index], rgb, run.runs)
             paths.append(path)
             if self.reporter:

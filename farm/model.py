@@ -132,6 +132,7 @@ class StepRun:
     gpu: str
     start: int
     end: int
+    memory_mode: str = "full"
 
 
 @dataclass
@@ -161,6 +162,7 @@ class SegmentTask:
     start: int
     end: int
     checkpoint: bytes | None
+    memory_mode: str = "full"
 
     @property
     def last(self) -> bool:
@@ -179,6 +181,7 @@ class SegmentResult:
     checkpoint: bytes | None = None
     images: tuple[bytes, ...] = ()
     memory_mode: str = "full"
+    previews: tuple[bytes, ...] = ()  # one small PNG per sample after a middle segment
     peak_gib: float = 0.0  # measured peak VRAM of the segment (0 when unknown): refines the cost model
 
 

@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline
 from farm.checkpoint import Checkpoint
 from farm.errors import CheckpointError
 from farm.model import JobSpec, Sample
-from farm.pipelines import schedulers
+from farm.pipelines import memory, schedulers
 from farm.pipelines.families import Family
 from farm.pipelines.families.base import Live
 from farm.pipelines.quiet import quiet_libraries
@@ -43,7 +43,7 @@ class Engine:
     """Runs one model's stages on one device, loading each stage's components on first use."""
 
     def __init__(self, family: Family, folder: Path, model_name: str, device: torch.device,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, memory_mode: str = "full") -> None:
         quiet_libraries()
         self.family = family
         self.folder = folder
@@ -54,6 +54,8 @@ class Engine:
         self.index = DiffusionPipeline.load_config(str(folder))
         self.pipes: dict[str, DiffusionPipeline] = {}
         self.loads = 0
+        self.memory_mode = memory_mode
+        self.mode_used = memory.effective(memory_mode, device)
 
     def pipe(self, stage: str) -> DiffusionPipeline:
         """The pipeline with only `stage`'s components loaded (scheduler always)."""
@@ -66,7 +68,8 @@ class Engine:
             extra = {"requires_safety_checker": False} if "requires_safety_checker" in self.index else {}
             pipe = self.family.pipeline_class.from_pretrained(str(self.folder), torch_dtype=self.dtype, **skip, **extra)
             pipe.set_progress_bar_config(disable=True)
-            pipe = pipe.to(self.device)
+            denoisers = tuple(c for s, cs in self.family.stages.items() if s not in ("encode", "decode") for c in cs)
+            memory.apply(pipe, self.memory_mode, self.device, denoisers)
             self.family.prepare_stage(pipe, stage, self.configs)
             self.pipes[stage] = pipe
             self.loads += 1

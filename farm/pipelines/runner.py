@@ -22,6 +22,7 @@ from farm.pipelines import schedulers
 from farm.pipelines.engine import Engine
 from farm.pipelines.families import get_family
 from farm.pipelines.loader import builtin_folder, pick_device
+from farm.pipelines.preview import preview_pngs
 from farm.pipelines.quiet import quiet_libraries
 
 
@@ -35,24 +36,27 @@ class SegmentRunner:
         self.home = home
         self.device = device or pick_device()
         self.max_models = max_models
-        self.engines: OrderedDict[str, Engine] = OrderedDict()
+        self.engines: OrderedDict[tuple[str, str], Engine] = OrderedDict()
 
-    def engine(self, model: str) -> Engine:
-        """The engine for `model`, creating it (and evicting the least recently used) when needed."""
-        if model in self.engines:
-            self.engines.move_to_end(model)
-            return self.engines[model]
+    def engine(self, model: str, memory_mode: str = "full") -> Engine:
+        """The engine for `model` held in `memory_mode`, creating it (and evicting the least
+        recently used) when needed."""
+        key = (model, memory_mode)
+        if key in self.engines:
+            self.engines.move_to_end(key)
+            return self.engines[key]
         while len(self.engines) >= self.max_models:
             self.engines.popitem(last=False)
         info = get_model(model)
-        engine = Engine(get_family(info.family), builtin_folder(model, self.home), model, self.device)
-        self.engines[model] = engine
+        engine = Engine(get_family(info.family), builtin_folder(model, self.home), model, self.device,
+                        memory_mode=memory_mode)
+        self.engines[key] = engine
         return engine
 
     def run(self, task: SegmentTask, on_step: Callable[[int], None] | None = None) -> SegmentResult:
         began = time.perf_counter()
         job = task.job
-        engine = self.engine(job.model)
+        engine = self.engine(job.model, task.memory_mode)
         ends = schedulers.whole_step_ends(job.sampler, job.steps)
         start, end = ends[task.start], ends[task.end]
         if task.checkpoint is None:
@@ -65,9 +69,11 @@ class SegmentRunner:
                 raise CheckpointError(f"checkpoint of {task.shard_id} is at evaluation {cp.step}, segment starts at {start}")
             live = engine.from_checkpoint(cp, job)
         live = engine.denoise(live, end, on_step)
-        common = dict(shard_id=task.shard_id, index=task.index, node=self.node.name, gpu=self.node.gpu)
+        common = dict(shard_id=task.shard_id, index=task.index, node=self.node.name, gpu=self.node.gpu,
+                      memory_mode=engine.mode_used)
         if task.last:
             images = tuple(a.tobytes() for a in engine.decode(live))
             return SegmentResult(**common, seconds=time.perf_counter() - began, images=images)
         payload = wire.encode(engine.to_checkpoint(live))
-        return SegmentResult(**common, seconds=time.perf_counter() - began, checkpoint=payload)
+        previews = preview_pngs(engine.family.spatial_latents(live), engine.family.name)
+        return SegmentResult(**common, seconds=time.perf_counter() - began, checkpoint=payload, previews=previews)

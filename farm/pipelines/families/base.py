@@ -77,6 +77,12 @@ class Family(ABC):
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         """The baseline: one ordinary pipeline call for these samples, as 8-bit RGB like `decode`."""
 
+    def spatial_latents(self, live: Live) -> torch.Tensor:
+        """(B, C, H, W) latents for a preview: as they are for images, the middle frame for videos.
+        Families with packed latents (token sequences) unpack them here."""
+        latents = live.latents
+        return latents[:, :, latents.shape[2] // 2] if latents.ndim == 5 else latents
+
     def prepare_stage(self, pipe: DiffusionPipeline, stage: str, configs: dict[str, dict]) -> None:
         """Fix up a pipeline loaded without some components (e.g. its VAE scale factor)."""
 
