@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="render a TOML job file on the embedded farm")
     run.add_argument("job_file", type=Path)
     _common(run)
+    # Other modules add their commands here; each sets `func(args) -> exit code`.
     return parser
 
 
@@ -74,6 +75,8 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
 
 
 def _execute(args: argparse.Namespace) -> int:
+    if hasattr(args, "func"):  # commands registered by other modules (cluster, dashboard)
+        return args.func(args)
     job = _job_from_args(args)  # every check runs before any process starts
     from node.simulated import simulated_nodes
 
