@@ -10,9 +10,10 @@ Two decisions, both pure functions of plain tables so they are tested without Ra
   one runs a sample as fast: video), and each shard into segments of about `segment_seconds` on it
   (at least two).
 * `plan_tick` (every tick): each idle node takes one ready segment; `ready` comes in queue order
-  (`farm.queue`). A node's own shards go first (batch and segment length were sized for it); any
-  other waiting segment then goes to an idle node it fits in some memory mode, preferring one that
-  already holds its model, then the fastest. So no node idles while a segment that fits it waits.
+  (`farm.queue`). A node's own shards go first (batch and segment length were sized for it), unless
+  a free node at least MIGRATE_GAIN times faster is idle; any other waiting segment then goes to an
+  idle node it fits in some memory mode, preferring one that already holds its model, then the
+  fastest. So no node idles while a segment that fits it waits.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ SEGMENT_SECONDS = 30.0
 DEFAULT_SEGMENT_STEPS: int | None = None
 # A larger batch is chosen only while it runs a sample at least this much faster.
 BATCH_GAIN = 0.01
+# A free node this many times faster than a segment's home runs it instead of the home.
+MIGRATE_GAIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -270,8 +273,9 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list
     """One decision per idle node; `ready` is in queue order (earlier first).
 
     Home segments go first, so a node's own next segment is never taken by a neighbour that was
-    merely faster to ask (within the top priority of its own segments, one of a model it holds comes
-    first: a model load costs more than the order of two jobs' segments on one card). Then each
+    merely quicker to ask, only by an idle one with nothing of its own that is MIGRATE_GAIN times
+    faster (within the top priority of its own segments, one of a model it holds comes first: a
+    model load costs more than the order of two jobs' segments on one card). Then each
     waiting segment, in queue order, goes to an idle node it fits in some memory mode, one that holds
     its model first, then the fastest. So no node idles while a segment that fits it waits.
     """
@@ -288,9 +292,18 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list
     for seg in ready:
         if seg.home in idle and (mode := _mode_on(seg, idle[seg.home])) is not None:
             own.setdefault(seg.home, []).append((seg, mode))
+    free = [n for n in idle.values() if n.info.name not in own]
     for name, segs in own.items():
         top = [(s, m) for s, m in segs if s.priority == segs[0][0].priority]
-        assign(name, *next(((s, m) for s, m in top if s.model in idle[name].loaded), segs[0]))
+        seg, mode = next(((s, m) for s, m in top if s.model in idle[name].loaded), segs[0])
+        # A card with nothing of its own to do that is much faster takes the segment over (its shard
+        # moves through the checkpoint): the last segments of a queue then run on the fastest cards.
+        faster = [(n, m) for n in free if n.info.name in idle and n.info.speed >= MIGRATE_GAIN * idle[name].info.speed
+                  and (m := _mode_on(seg, n)) is not None]
+        if faster:
+            node, mode = max(faster, key=lambda nm: nm[0].info.speed)
+            name = node.info.name
+        assign(name, seg, mode)
     for seg in ready:
         if not idle:
             break

@@ -334,3 +334,14 @@ def test_a_node_keeps_to_the_model_it_holds_among_its_own_segments_of_one_priori
     urgent = [ReadySegment("a/s0", 0, "n", 2.0, "a", "x", priority=1), ReadySegment("b/s0", 0, "n", 2.0, "b", "y")]
     out = planner.plan_tick(urgent, [state("n", 24, loaded=frozenset({"y"}))])
     assert [a.shard_id for a in out] == ["a/s0"]
+
+
+def test_a_much_faster_free_node_takes_over_a_segment_from_its_home() -> None:
+    ready = [seg("j/s0", "slow", index=3)]
+    out = planner.plan_tick(ready, [state("slow", 12, 1.0), state("fast", 24, 3.5)])
+    assert [a.node for a in out] == ["fast"]
+    out = planner.plan_tick(ready, [state("slow", 12, 1.0), state("quick", 24, 1.4)])
+    assert [a.node for a in out] == ["slow"]  # not fast enough to be worth a hand-off
+    busy_elsewhere = [seg("j/s0", "slow", index=3), seg("k/s0", "fast")]
+    out = planner.plan_tick(busy_elsewhere, [state("slow", 12, 1.0), state("fast", 24, 3.5)])
+    assert {(a.node, a.shard_id) for a in out} == {("slow", "j/s0"), ("fast", "k/s0")}
