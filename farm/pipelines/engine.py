@@ -9,6 +9,7 @@ is always safe.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,13 @@ def component_configs(folder: Path) -> dict[str, dict]:
     return out
 
 
+def scheduler_config(folder: Path, index: dict) -> dict:
+    """The model's scheduler config as its pipeline loads it (class defaults filled in), without
+    loading a pipeline: samplers are made from it."""
+    library, name = index["scheduler"]
+    return getattr(importlib.import_module(library), name).from_pretrained(str(folder), subfolder="scheduler").config
+
+
 class Engine:
     """Runs one model's stages on one device, loading each stage's components on first use."""
 
@@ -52,6 +60,7 @@ class Engine:
         self.dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         self.configs = component_configs(folder)
         self.index = DiffusionPipeline.load_config(str(folder))
+        self.scheduler_config = scheduler_config(folder, self.index)
         self.pipes: dict[str, DiffusionPipeline] = {}
         self.loads = 0
         self.memory_mode = memory_mode
@@ -81,12 +90,6 @@ class Engine:
     def _generators(self, seeds: tuple[int, ...]) -> list[torch.Generator]:
         return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
 
-    def _scheduler(self, job: JobSpec, latents_shape: tuple[int, ...]):
-        base = self.pipes.get("denoise") or self.pipes.get("encode") or self.pipe("denoise")
-        scheduler = schedulers.make(job.sampler, base.scheduler.config)
-        self.family.set_timesteps(base, job, scheduler, latents_shape)
-        return scheduler
-
     def encode(self, job: JobSpec, samples: tuple[Sample, ...]) -> Live:
         """Encode prompts and draw initial latents: the state before step 0."""
         pipe = self.pipe("encode")
@@ -104,9 +107,10 @@ class Engine:
     def denoise(self, live: Live, end: int, on_step: Callable[[int], None] | None = None) -> Live:
         """Run loop iterations `[live.step, end)`; `end` must be a whole-step boundary."""
         schedulers.check_cut(live.job.sampler, live.job.steps, end)
-        pipe = self.pipe("denoise")
-        pipe.scheduler = live.scheduler  # pipeline helpers (prepare_extra_step_kwargs...) read self.scheduler
         for i in range(live.step, end):
+            # Two-stage models (SDXL's refiner, Wan 2.2's experts) run some iterations on another denoiser.
+            pipe = self.pipe(self.family.denoiser_stage(self.index, live, i))
+            pipe.scheduler = live.scheduler  # pipeline helpers (prepare_extra_step_kwargs...) read self.scheduler
             live.latents = self.family.step(pipe, live, i)
             live.step = i + 1
             if on_step is not None:
@@ -142,7 +146,9 @@ class Engine:
                 f"not {self.model_name}/{self.family.name}/{job.sampler}/{job.steps}"
             )
         latents = from_raw(cp.latents, self.device)
-        scheduler = self._scheduler(job, tuple(latents.shape))
+        # The checkpoint holds the scheduler's whole state (timesteps included), so no pipeline loads
+        # here: the stage that runs the next iteration loads its own denoiser, and only that one.
+        scheduler = schedulers.make(job.sampler, self.scheduler_config)
         schedulers.restore(scheduler, cp.scheduler_state, self.device)
         generators = self._generators(cp.seeds)
         for g, state in zip(generators, cp.rng_states):

@@ -10,6 +10,7 @@ pipeline's own helpers where it has them, so a cut run equals the uncut pipeline
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +83,12 @@ class Family(ABC):
         Families with packed latents (token sequences) unpack them here."""
         latents = live.latents
         return latents[:, :, latents.shape[2] // 2] if latents.ndim == 5 else latents
+
+    def denoiser_stage(self, index: Mapping[str, object], live: Live, i: int) -> str:
+        """The stage whose denoiser runs loop iteration `i`. One-denoiser models: always "denoise".
+        Two-stage models (SDXL base then refiner, Wan 2.2 high- then low-noise expert) name another
+        stage for the later iterations; `index` is the model's model_index.json (their split point)."""
+        return "denoise"
 
     def prepare_stage(self, pipe: DiffusionPipeline, stage: str, configs: dict[str, dict]) -> None:
         """Fix up a pipeline loaded without some components (e.g. its VAE scale factor)."""
