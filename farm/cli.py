@@ -85,16 +85,16 @@ def _execute(args: argparse.Namespace) -> int:
 
     admit(job, nodes)
     from farm.embedded import render_embedded
-    from farm.progress import RichReporter
+    from farm.progress import JobProgress
     from farm.summary import print_summary, result_json
 
-    with RichReporter() as reporter:
-        result = render_embedded(job, nodes, args.out, reporter)
+    with JobProgress() as progress:
+        view = render_embedded(job, nodes, args.out, progress)
     if args.json:
-        print(json.dumps(result_json(result), indent=None))
+        print(json.dumps(result_json(view), indent=None))
     else:
-        print_summary(result, nodes)
-    return 0
+        print_summary(view, nodes)
+    return 0 if view.status == "done" else 1
 
 
 def main(argv: list[str] | None = None) -> int:

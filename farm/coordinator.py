@@ -1,138 +1,494 @@
-"""The coordinator: owns a job's shards, asks the planner what runs where, and hands segments and
-their checkpoints between nodes until every sample is written.
+"""The coordinator: owns the queue, asks the planner what runs where, and hands segments and their
+checkpoints between nodes until every sample of every job is written.
 
-It imports no Ray and no torch: nodes are reached through an `Executor`, outputs through an
-`OutputSink`, progress through a `Reporter`. A failed segment goes back to the queue with the
-checkpoint it started from, so at most that one segment of work is redone; a lost node is taken
-out of the table and its work resumes on the others.
+It implements `FarmService` (the control contract of the CLI, the dashboard and the gRPC API) and
+imports no Ray and no torch: nodes are reached through an `Executor`, outputs through an
+`OutputSink`. One `tick` collects finished segments, applies them, and dispatches new ones; `start`
+runs ticks on a thread, `render` runs them until one job is final (the embedded CLI).
+
+Nothing a node does can lose work: a failed segment goes back to the queue with the checkpoint it
+started from (at most that one segment is redone), a lost node's shards resume on other nodes, and a
+paused node checkpoints at its next step boundary and hands the rest of its segment back.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from farm import planner
+from farm import planner, queue
 from farm.catalog import get_model
-from farm.errors import JobFailed, NodeLost
+from farm.errors import InvalidInput, NodeLost
 from farm.ids import new_job_id
-from farm.model import JobSpec, NodeState, NodeTally, ReadySegment, SegmentResult, SegmentTask, Shard, StepRun
-from farm.ports import Executor, OutputSink, Reporter
+from farm.model import (
+    JobSpec,
+    JobStatus,
+    NodeInfo,
+    NodeState,
+    NodeTally,
+    ReadySegment,
+    SegmentResult,
+    SegmentTask,
+    Shard,
+    StepRun,
+)
+from farm.ports import Executor, OutputSink
+from farm.service import Event, JobView, NodeShare, NodeStatus, NodeView, ShardView
+from farm.speed import SpeedBook
+from farm.transitions import FINAL, transition
+
+# A node that fails segments of one job this many times gets no more of that job's segments.
+BLOCKLIST_AFTER = 3
+EVENTS_KEPT = 10_000
 
 
 @dataclass
 class ShardRun:
-    """A shard's progress: the next segment to run and the checkpoint it starts from."""
+    """A shard's progress: the next segment, the step it starts from, its checkpoint."""
 
     shard: Shard
     next_index: int = 0
+    step: int = 0  # next step to run: a paused segment resumes mid-way
     checkpoint: bytes | None = None
     runs: list[StepRun] = field(default_factory=list)
-    failures: int = 0
-    running: bool = False
+    node: str = ""  # the node running it now
+    progress: int = 0  # the last step a node reported for the running segment
 
     @property
     def done(self) -> bool:
         return self.next_index >= len(self.shard.bounds)
 
+    @property
+    def steps_done(self) -> int:
+        return max(self.step, self.progress) * self.shard.batch
 
-@dataclass(frozen=True)
-class JobResult:
-    job_id: str
-    outputs: list[Path]
-    shards: list[Shard]
-    tallies: dict[str, NodeTally]
-    seconds: float
+
+@dataclass
+class JobState:
+    id: str
+    spec: JobSpec
+    seq: int
+    submitted_at: float
+    status: JobStatus = JobStatus.QUEUED
+    shards: dict[str, ShardRun] = field(default_factory=dict)
+    outputs: list[Path] = field(default_factory=list)
+    tallies: dict[str, NodeTally] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str = ""
+    failures: int = 0
+    node_failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def blocked(self) -> set[str]:
+        return {n for n, count in self.node_failures.items() if count >= BLOCKLIST_AFTER}
+
+
+@dataclass
+class NodeRuntime:
+    info: NodeInfo
+    running: tuple[str, str] | None = None  # (job id, shard id)
+    paused: str = ""  # why, when paused
+    draining: bool = False
+    lost: bool = False
+    loaded: set[str] = field(default_factory=set)
+
+    @property
+    def status(self) -> NodeStatus:
+        if self.lost:
+            return NodeStatus.OFFLINE
+        if self.paused:
+            return NodeStatus.PAUSED
+        if self.draining:
+            return NodeStatus.DRAINING
+        return NodeStatus.BUSY if self.running else NodeStatus.IDLE
+
+    @property
+    def takes_work(self) -> bool:
+        return not (self.lost or self.paused or self.draining)
 
 
 class Coordinator:
-    def __init__(self, executor: Executor, sink: OutputSink, reporter: Reporter | None = None,
-                 max_failures: int = 3, max_segment_steps: int = planner.DEFAULT_SEGMENT_STEPS) -> None:
+    """The farm's queue and scheduler loop (a `FarmService`)."""
+
+    def __init__(self, executor: Executor, sink: OutputSink, *, max_failures: int = 5,
+                 max_segment_steps: int | None = planner.DEFAULT_SEGMENT_STEPS,
+                 segment_seconds: float = planner.SEGMENT_SECONDS, clock: Callable[[], float] = time.time) -> None:
         self.executor = executor
         self.sink = sink
-        self.reporter = reporter
         self.max_failures = max_failures
         self.max_segment_steps = max_segment_steps
+        self.segment_seconds = segment_seconds
+        self.clock = clock
+        self.speeds = SpeedBook()
+        self.used: dict[str, float] = {}  # GPU-seconds per owner, for fair share
+        self.jobs: dict[str, JobState] = {}
+        self.nodes = {n.name: NodeRuntime(n) for n in executor.nodes()}
+        self.inflight: dict[object, tuple[str, str, str, int, int]] = {}  # handle -> job, shard, node, start, end
         # The latest preview PNG of each (job id, sample index) still in progress, for dashboards.
         self.previews: dict[tuple[str, int], bytes] = {}
+        self._seq = 0
+        self._events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
-    def run(self, job: JobSpec, job_id: str | None = None) -> JobResult:
-        """Render every sample of `job` and return where the outputs went."""
-        began = time.perf_counter()
-        job_id = job_id or new_job_id()
-        infos = {n.name: n for n in self.executor.nodes()}
-        shards = planner.shard_job(job_id, job, get_model(job.model), list(infos.values()), self.max_segment_steps)
-        runs = {s.id: ShardRun(s) for s in shards}
-        samples = job.samples()
-        tallies = {name: NodeTally() for name in infos}
-        busy: set[str] = set()
-        lost: set[str] = set()
-        inflight: dict[object, tuple[str, ShardRun]] = {}
-        outputs: list[Path] = []
-        if self.reporter:
-            self.reporter.planned(job_id, job, list(infos.values()))
+    # ----- events -------------------------------------------------------------------------------
 
-        while not all(r.done for r in runs.values()):
-            ready = [
-                ReadySegment(r.shard.id, r.next_index, r.shard.home, r.shard.need_gib)
-                for r in runs.values() if not r.done and not r.running
-            ]
-            table = [NodeState(info, busy=name in busy, online=name not in lost) for name, info in infos.items()]
-            for a in planner.plan_tick(ready, table):
-                run = runs[a.shard_id]
-                start, end = run.shard.bounds[a.index]
-                task = SegmentTask(job, run.shard.id, tuple(samples[i] for i in run.shard.sample_indices),
-                                   a.index, start, end, run.checkpoint, a.memory_mode or run.shard.memory_mode)
-                inflight[self.executor.submit(a.node, task)] = (a.node, run)
-                run.running = True
-                busy.add(a.node)
-            if not inflight:
-                raise JobFailed(f"job {job_id}: no online node can take its remaining segments")
+    def _emit(self, kind: str, job_id: str = "", node: str = "", message: str = "") -> None:
+        seq = self._events[-1].seq + 1 if self._events else 1
+        self._events.append(Event(seq, self.clock(), kind, job_id, node, message))
+        self._changed.notify_all()
+
+    def events(self, after: int, timeout: float = 0.0) -> list[Event]:
+        with self._changed:
+            self._changed.wait_for(lambda: bool(self._events) and self._events[-1].seq > after, timeout)
+            return [e for e in self._events if e.seq > after]
+
+    # ----- jobs ---------------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> JobState:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise InvalidInput("job", f"no job {job_id!r}") from None
+
+    def _context(self) -> planner.PlanContext:
+        started = [
+            (r.shard, planner.demand_of(j.spec, get_model(j.spec.model)).shape, r.step)
+            for j in self.jobs.values() if j.status not in FINAL for r in j.shards.values() if not r.done
+        ]
+        infos = [n.info for n in self.nodes.values() if not n.lost]
+        return planner.PlanContext(
+            speeds=self.speeds,
+            segment_seconds=self.segment_seconds,
+            backlog=planner.backlog_seconds(started, infos, self.speeds),
+            loaded={name: frozenset(n.loaded) for name, n in self.nodes.items()},
+        )
+
+    def submit(self, spec: JobSpec, job_id: str | None = None) -> str:
+        """Queue a validated job; refuses (DoesNotFit) one no node can hold, storing nothing."""
+        with self._lock:
+            job_id = job_id or new_job_id(self.clock())
+            infos = [n.info for n in self.nodes.values() if not n.lost]
+            shards = planner.shard_job(job_id, spec, get_model(spec.model), infos, self.max_segment_steps,
+                                       context=self._context())
+            self._seq += 1
+            job = JobState(job_id, spec, self._seq, self.clock(), shards={s.id: ShardRun(s) for s in shards},
+                           tallies={name: NodeTally() for name in self.nodes})
+            self.jobs[job_id] = job
+            self._emit("job_submitted", job_id, message=f"{len(spec.samples())} samples in {len(shards)} shards")
+            return job_id
+
+    def _set_status(self, job: JobState, status: JobStatus, message: str = "") -> None:
+        job.status = transition(job.id, job.status, status)
+        if status in FINAL or status == JobStatus.FAILED:
+            job.finished_at = self.clock()
+        self._emit(f"job_{status}", job.id, message=message)
+
+    def cancel_job(self, job_id: str) -> None:
+        with self._lock:
+            job = self._job(job_id)
+            self._set_status(job, JobStatus.CANCELLED)
+            for key in [k for k in self.previews if k[0] == job_id]:
+                del self.previews[key]
+
+    def pause_job(self, job_id: str) -> None:
+        with self._lock:
+            self._set_status(self._job(job_id), JobStatus.PAUSED)
+
+    def resume_job(self, job_id: str) -> None:
+        with self._lock:
+            job = self._job(job_id)
+            if job.status != JobStatus.PAUSED:
+                raise InvalidInput("job", f"{job_id} is {job.status}, not paused")
+            self._set_status(job, JobStatus.RUNNING if job.started_at else JobStatus.QUEUED)
+
+    def retry_job(self, job_id: str) -> None:
+        """Run a failed job again from its shards' last checkpoints (finished samples stay)."""
+        with self._lock:
+            job = self._job(job_id)
+            if job.status != JobStatus.FAILED:
+                raise InvalidInput("job", f"{job_id} is {job.status}; only a failed job can be retried")
+            job.failures, job.node_failures, job.error = 0, {}, ""
+            job.finished_at = None
+            self._set_status(job, JobStatus.RUNNING if job.started_at else JobStatus.QUEUED)
+
+    def set_priority(self, job_id: str, priority: int) -> None:
+        if isinstance(priority, bool) or not isinstance(priority, int) or not -100 <= priority <= 100:
+            raise InvalidInput("priority", f"must be a whole number from -100 to 100, got {priority!r}")
+        with self._lock:
+            job = self._job(job_id)
+            job.spec = replace(job.spec, priority=priority)
+            self._emit("job_moved", job_id, message=f"priority {priority}")
+
+    def move_job(self, job_id: str, offset: int) -> None:
+        """Move `offset` places (negative: earlier) among waiting jobs of the same priority."""
+        with self._lock:
+            job = self._job(job_id)
+            peers = sorted((j for j in self.jobs.values()
+                            if j.status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+                            and j.spec.priority == job.spec.priority), key=lambda j: j.seq)
+            if job not in peers:
+                raise InvalidInput("job", f"{job_id} is {job.status}; only waiting jobs move")
+            at = peers.index(job)
+            to = min(max(at + offset, 0), len(peers) - 1)
+            if to != at:
+                seqs = [j.seq for j in peers]
+                peers.insert(to, peers.pop(at))
+                for peer, seq in zip(peers, seqs):
+                    peer.seq = seq
+                self._emit("job_moved", job_id, message=f"position {at + 1} -> {to + 1}")
+
+    def _position(self, job_id: str) -> int:
+        waiting = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+        order = queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in waiting],
+                                 self.used)
+        return order.index(job_id) + 1 if job_id in order else 0
+
+    def _view(self, job: JobState, position: int = 0) -> JobView:
+        total = len(job.spec.samples()) * job.spec.steps
+        done = sum(r.steps_done for r in job.shards.values())
+        eta = None
+        if job.started_at and done and job.status == JobStatus.RUNNING:
+            eta = (self.clock() - job.started_at) / done * (total - done)
+        return JobView(
+            id=job.id, spec=job.spec, status=job.status, samples_done=len(job.outputs),
+            samples_total=len(job.spec.samples()), steps_done=done, steps_total=total,
+            submitted_at=job.submitted_at, position=position, started_at=job.started_at,
+            finished_at=job.finished_at, eta_s=eta, error=job.error, outputs=tuple(str(p) for p in job.outputs),
+            shards=tuple(ShardView(r.shard.id, r.shard.home, r.shard.sample_indices, r.shard.bounds,
+                                   r.shard.bounds[-1][1] if r.done else max(r.step, r.progress), r.node,
+                                   r.shard.memory_mode) for r in job.shards.values()),
+            shares=tuple(NodeShare(name, t.samples, t.shards, t.segments, t.steps, t.seconds)
+                         for name, t in job.tallies.items()),
+        )
+
+    def get_job(self, job_id: str) -> JobView:
+        with self._lock:
+            return self._view(self._job(job_id), self._position(job_id))
+
+    def list_jobs(self) -> list[JobView]:
+        with self._lock:
+            waiting = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+            order = queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in waiting],
+                                     self.used)
+            position = {job_id: i + 1 for i, job_id in enumerate(order)}
+            return [self._view(j, position.get(j.id, 0)) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
+
+    def preview(self, job_id: str, sample: int) -> bytes | None:
+        with self._lock:
+            self._job(job_id)
+            return self.previews.get((job_id, sample))
+
+    # ----- nodes --------------------------------------------------------------------------------
+
+    def _node(self, name: str) -> NodeRuntime:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise InvalidInput("node", f"no node {name!r}; nodes: {', '.join(sorted(self.nodes))}") from None
+
+    def list_nodes(self) -> list[NodeView]:
+        with self._lock:
+            out = []
+            for name, n in self.nodes.items():
+                segment, step, total = "", 0, 0
+                if n.running:
+                    run = self.jobs[n.running[0]].shards[n.running[1]]
+                    start, end = run.step, run.shard.bounds[run.next_index][1]
+                    segment, step, total = f"{run.shard.id}#{run.next_index} steps {start}-{end}", run.progress, end
+                out.append(NodeView(n.info, n.status, segment, step, total, loaded=tuple(sorted(n.loaded)),
+                                    pause_reason=n.paused))
+            return out
+
+    def pause_node(self, name: str, reason: str = "paused by operator") -> None:
+        """No new work; a running segment checkpoints at its next step boundary and comes back."""
+        with self._lock:
+            node = self._node(name)
+            node.paused = reason
+            if node.running:
+                self.executor.interrupt(name)
+            self._emit("node_paused", node=name, message=reason)
+
+    def drain_node(self, name: str) -> None:
+        """Finish the running segment, then take no more work."""
+        with self._lock:
+            self._node(name).draining = True
+            self._emit("node_draining", node=name)
+
+    def resume_node(self, name: str) -> None:
+        with self._lock:
+            node = self._node(name)
+            if node.lost:
+                raise InvalidInput("node", f"{name} is offline")
+            node.paused, node.draining = "", False
+            self._emit("node_resumed", node=name)
+
+    # ----- the loop -----------------------------------------------------------------------------
+
+    def tick(self, timeout: float = 0.1) -> None:
+        """Collect finished segments (waiting up to `timeout`), apply them, dispatch new ones."""
+        finished = self.executor.wait(timeout)
+        with self._lock:
             for event in self.executor.step_events():
-                if self.reporter:
-                    self.reporter.step(event)
-            for handle, outcome in self.executor.wait(timeout=0.1):
-                node, run = inflight.pop(handle)
-                busy.discard(node)
-                run.running = False
-                if isinstance(outcome, BaseException):
-                    self._failed(job_id, node, run, outcome, lost)
-                    continue
-                outputs.extend(self._finished(job_id, job, run, outcome, tallies[node]))
-        return JobResult(job_id, outputs, shards, tallies, time.perf_counter() - began)
+                node = self.nodes.get(event.node)
+                if node and node.running and node.running[1] == event.shard_id:
+                    self.jobs[node.running[0]].shards[event.shard_id].progress = event.step
+            for handle, outcome in finished:
+                self._apply(handle, outcome)
+            self._dispatch()
 
-    def _failed(self, job_id: str, node: str, run: ShardRun, error: BaseException, lost: set[str]) -> None:
-        """Put the segment back with the checkpoint it started from; give up after max_failures."""
-        if isinstance(error, NodeLost):
-            lost.add(node)
-        run.failures += 1
-        if run.failures >= self.max_failures:
-            raise JobFailed(f"job {job_id}: shard {run.shard.id} failed {run.failures} times, last on {node}: {error}")
+    def _dispatch(self) -> None:
+        active = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+        if not active:
+            return
+        ready = [
+            ReadySegment(r.shard.id, r.next_index, r.shard.home, r.shard.need_gib, j.id, j.spec.model,
+                         j.spec.priority, r.shard.needs)
+            for j in active for r in j.shards.values() if not r.done and not r.node
+        ]
+        order = queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in active],
+                                 self.used)
+        ready = queue.order_ready(ready, order)
+        # Jobs that blocklisted some nodes are planned with those nodes looking busy; groups go in the
+        # queue order of their first segment.
+        groups: dict[frozenset[str], list[ReadySegment]] = {}
+        for seg in ready:
+            groups.setdefault(frozenset(self.jobs[queue.job_of(seg)].blocked), []).append(seg)
+        taken: set[str] = set()
+        for blocked, segs in groups.items():
+            table = [NodeState(n.info, busy=n.running is not None or n.info.name in taken or n.info.name in blocked,
+                               online=n.takes_work, loaded=frozenset(n.loaded)) for n in self.nodes.values()]
+            for a in planner.plan_tick(segs, table):
+                job = self.jobs[queue.job_of(next(s for s in segs if s.shard_id == a.shard_id))]
+                self._start(job, job.shards[a.shard_id], a.node, a.memory_mode)
+                taken.add(a.node)
 
-    def _finished(self, job_id: str, job: JobSpec, run: ShardRun, result: SegmentResult, tally: NodeTally) -> list[Path]:
-        start, end = run.shard.bounds[result.index]
-        run.runs.append(StepRun(result.node, result.gpu, start, end, result.memory_mode))
+    def _start(self, job: JobState, run: ShardRun, node: str, mode: str) -> None:
+        samples = job.spec.samples()
+        end = run.shard.bounds[run.next_index][1]
+        task = SegmentTask(job.spec, run.shard.id, tuple(samples[i] for i in run.shard.sample_indices),
+                           run.next_index, run.step, end, run.checkpoint, mode or run.shard.memory_mode)
+        handle = self.executor.submit(node, task)
+        self.inflight[handle] = (job.id, run.shard.id, node, run.step, end)
+        run.node, run.progress = node, run.step
+        self.nodes[node].running = (job.id, run.shard.id)
+        if job.status == JobStatus.QUEUED:
+            job.started_at = job.started_at or self.clock()
+            self._set_status(job, JobStatus.RUNNING)
+        self._emit("segment_started", job.id, node, f"{run.shard.id}#{run.next_index} steps {run.step}-{end}")
+
+    def _apply(self, handle: object, outcome: SegmentResult | BaseException) -> None:
+        job_id, shard_id, node_name, start, end = self.inflight.pop(handle)
+        job, node = self.jobs[job_id], self.nodes[node_name]
+        run = job.shards[shard_id]
+        node.running, run.node, run.progress = None, "", run.step
+        if isinstance(outcome, BaseException):
+            self._failed(job, run, node, outcome)
+            return
+        node.loaded.add(job.spec.model)
+        if job.status in FINAL:
+            return  # cancelled while the segment ran: its result is not wanted
+        reached = end if outcome.stopped_at is None else outcome.stopped_at
+        self._record(job, run, outcome, start, reached)
+        if outcome.stopped_at is not None:
+            run.step, run.checkpoint = reached, outcome.checkpoint
+            self._emit("segment_paused", job.id, node.info.name, f"{shard_id} checkpointed at step {reached}")
+            return
         run.next_index += 1
-        run.checkpoint = result.checkpoint
-        for index, png in zip(run.shard.sample_indices, result.previews):
-            self.previews[(job_id, index)] = png
+        run.step, run.checkpoint = end, outcome.checkpoint
+        self._emit("segment_finished", job.id, node.info.name, f"{shard_id}#{outcome.index} in {outcome.seconds:.1f}s")
+        if run.done:
+            self._deliver(job, run, outcome)
+
+    def _record(self, job: JobState, run: ShardRun, result: SegmentResult, start: int, end: int) -> None:
+        """Provenance, per-node tallies, learned speed and the owner's GPU-seconds."""
+        if end > start:
+            run.runs.append(StepRun(result.node, result.gpu, start, end, result.memory_mode))
+            shape = planner.demand_of(job.spec, get_model(job.spec.model)).shape
+            self.speeds = self.speeds.observe(result.node, shape, run.shard.batch, end - start, result.seconds)
+        tally = job.tallies.setdefault(result.node, NodeTally())
         tally.segments += 1
         tally.seconds += result.seconds
         tally.steps += (end - start) * run.shard.batch
         tally.shard_ids.add(run.shard.id)
         tally.shards = len(tally.shard_ids)
-        if self.reporter:
-            self.reporter.segment_done(result, end - start, run.shard.batch)
-        if not run.done:
-            return []
-        samples = job.samples()
-        paths = []
+        self.used[job.spec.owner] = self.used.get(job.spec.owner, 0.0) + result.seconds
+        for index, png in zip(run.shard.sample_indices, result.previews):
+            self.previews[(job.id, index)] = png
+
+    def _deliver(self, job: JobState, run: ShardRun, result: SegmentResult) -> None:
+        samples = job.spec.samples()
         for index, rgb in zip(run.shard.sample_indices, result.images, strict=True):
-            self.previews.pop((job_id, index), None)
-            path = self.sink.write(job_id, job, samples[index], rgb, run.runs)
-            paths.append(path)
-            if self.reporter:
-                self.reporter.sample_written(path)
-        tally.samples += len(paths)
-        return paths
+            self.previews.pop((job.id, index), None)
+            job.outputs.append(self.sink.write(job.id, job.spec, samples[index], rgb, run.runs))
+        job.tallies[result.node].samples += len(result.images)
+        if all(r.done for r in job.shards.values()):
+            self._set_status(job, JobStatus.DONE, f"{len(job.outputs)} outputs")
+
+    def _failed(self, job: JobState, run: ShardRun, node: NodeRuntime, error: BaseException) -> None:
+        """The segment goes back to the queue with the checkpoint it started from."""
+        name = node.info.name
+        if isinstance(error, NodeLost):
+            node.lost, node.loaded = True, set()
+            self._emit("node_lost", job.id, name, str(error))
+            return
+        job.failures += 1
+        job.node_failures[name] = job.node_failures.get(name, 0) + 1
+        self._emit("segment_failed", job.id, name, f"{run.shard.id}: {error}")
+        if job.status not in FINAL and job.failures >= self.max_failures:
+            job.error = f"{job.failures} failed segments, last on {name}: {error}"
+            self._set_status(job, JobStatus.FAILED, job.error)
+
+    def idle(self) -> bool:
+        """No segment in flight."""
+        with self._lock:
+            return not self.inflight
+
+    def render(self, spec: JobSpec, job_id: str | None = None,
+               on_tick: Callable[[Coordinator, str], None] | None = None) -> JobView:
+        """Submit a job and run the loop on this thread until it is done, failed or cancelled."""
+        job_id = self.submit(spec, job_id)
+        while True:
+            self.tick()
+            if on_tick is not None:
+                on_tick(self, job_id)
+            view = self.get_job(job_id)
+            if view.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED):
+                return view
+            with self._lock:
+                if not self.inflight and all(n.lost for n in self.nodes.values()):
+                    job = self.jobs[job_id]
+                    job.error = "every node is offline"
+                    self._set_status(job, JobStatus.FAILED, job.error)
+
+    def start(self) -> None:
+        """Run the loop on a background thread (a head, or an embedded farm with a dashboard)."""
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.tick()
+
+        self._thread = threading.Thread(target=loop, name="farm-coordinator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobView:
+        """Block until a job is final (with `start` running the loop)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self.jobs[job_id].status not in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._changed.wait(timeout=left if left is not None else 1.0)
+            return self.get_job(job_id)

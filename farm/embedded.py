@@ -12,12 +12,13 @@ from pathlib import Path
 
 from farm import planner
 from farm.catalog import get_model
-from farm.coordinator import Coordinator, JobResult
+from farm.coordinator import Coordinator
 from farm.executor import RayExecutor, start_embedded_cluster, stop_embedded_cluster
 from farm.ids import new_job_id
 from farm.model import JobSpec, NodeInfo
 from farm.outputs import PngWriter
-from farm.ports import Reporter
+from farm.progress import JobProgress
+from farm.service import JobView
 
 
 def admit(job: JobSpec, nodes: Sequence[NodeInfo]) -> None:
@@ -38,9 +39,11 @@ def embedded_farm(nodes: Sequence[NodeInfo], home: Path | None = None) -> Iterat
         stop_embedded_cluster()
 
 
-def render_embedded(job: JobSpec, nodes: Sequence[NodeInfo], out: Path, reporter: Reporter | None = None,
-                    home: Path | None = None, job_id: str | None = None) -> JobResult:
+def render_embedded(job: JobSpec, nodes: Sequence[NodeInfo], out: Path, progress: JobProgress | None = None,
+                    home: Path | None = None, job_id: str | None = None) -> JobView:
     """Validate, start the embedded farm, render `job` into `out/<job id>/`, stop the farm."""
     admit(job, nodes)
     with embedded_farm(nodes, home) as executor:
-        return Coordinator(executor, PngWriter(out), reporter).run(job, job_id or new_job_id())
+        coordinator = Coordinator(executor, PngWriter(out))
+        on_tick = (lambda c, j: progress.update(c, j)) if progress else None
+        return coordinator.render(job, job_id or new_job_id(), on_tick=on_tick)

@@ -8,6 +8,7 @@ as `NodeLost`; an exception inside a segment as `SegmentFailed`; the coordinator
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,13 +33,21 @@ class SegmentWorker:
 
         self.runner = SegmentRunner(node, Path(home) if home else None, threads=1)
         self.events = events
+        self.stopping = threading.Event()
 
     def run(self, task: SegmentTask) -> SegmentResult:
         def on_step(step: int) -> None:
             if self.events is not None:
                 self.events.actor.put_nowait.remote(StepEvent(self.runner.node.name, task.shard_id, step, len(task.samples)))
 
-        return self.runner.run(task, on_step)
+        try:
+            return self.runner.run(task, on_step, self.stopping.is_set)
+        finally:
+            self.stopping.clear()
+
+    def stop(self) -> None:
+        """End the running segment at its next step boundary (runs beside `run`: two threads)."""
+        self.stopping.set()
 
     def pid(self) -> int:
         return os.getpid()
@@ -50,7 +59,8 @@ class RayExecutor:
     def __init__(self, nodes: Sequence[NodeInfo], home: Path | None = None) -> None:
         self._nodes = list(nodes)
         self.events = Queue(maxsize=0)
-        remote = ray.remote(max_restarts=0, max_task_retries=0)(SegmentWorker)
+        # max_concurrency=2: `stop` must run while `run` is busy.
+        remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
         self.actors = {
             n.name: remote.options(num_cpus=0, resources={NODE_RESOURCE + n.name: 1}).remote(
                 n, str(home) if home else None, self.events
@@ -89,6 +99,10 @@ class RayExecutor:
             return list(self.events.get_nowait_batch(self.events.qsize()))
         except Empty:
             return []
+
+    def interrupt(self, node: str) -> None:
+        """Ask a node to checkpoint at its next step boundary and return (pause)."""
+        self.actors[node].stop.remote()
 
     def kill(self, node: str) -> None:
         """Kill a node's worker process, as a crashed PC would (used by fault tests)."""

@@ -11,8 +11,9 @@ from enum import StrEnum
 
 
 class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
+    QUEUED = "queued"  # waiting for its first segment
+    RUNNING = "running"  # at least one segment started
+    PAUSED = "paused"  # by an operator: running segments finish, no new ones start
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -182,6 +183,9 @@ class SegmentResult:
     images: tuple[bytes, ...] = ()
     memory_mode: str = "full"
     previews: tuple[bytes, ...] = ()  # one small PNG per sample after a middle segment
+    # The step the segment reached when its node was asked to stop early (pause): the checkpoint is
+    # at that step, and the rest of the segment's steps run later, maybe elsewhere. None: finished.
+    stopped_at: int | None = None
     peak_gib: float = 0.0  # measured peak VRAM of the segment (0 when unknown): refines the cost model
 
 

@@ -23,6 +23,9 @@ class Executor(Protocol):
     def step_events(self) -> list[StepEvent]:
         """Step progress reported by the nodes since the last call."""
 
+    def interrupt(self, node: str) -> None:
+        """Ask `node` to end its running segment at the next step boundary (pause)."""
+
     def shutdown(self) -> None: ...
 
 
@@ -30,15 +33,3 @@ class OutputSink(Protocol):
     """Writes finished samples once, with their provenance."""
 
     def write(self, job_id: str, job: JobSpec, sample: Sample, rgb: bytes, runs: Sequence[StepRun]) -> Path: ...
-
-
-class Reporter(Protocol):
-    """Shows a job's progress (rich bars in the CLI, nothing in --json mode or tests)."""
-
-    def planned(self, job_id: str, job: JobSpec, nodes: Sequence[NodeInfo]) -> None: ...
-
-    def step(self, event: StepEvent) -> None: ...
-
-    def segment_done(self, result: SegmentResult, steps: int, batch: int) -> None: ...
-
-    def sample_written(self, path: Path) -> None: ...

@@ -1,22 +1,21 @@
-"""Rich progress display for a running job: one bar for the job, one per node.
+"""Live progress of one job in the terminal: rich bars for the job and for each node.
 
-The job bar counts sample-steps (a batch of 4 at step 10 is 40 done), so shards of different sizes
-add up honestly; a node bar shows the segment it is running now.
+It reads only the `FarmService` views (`get_job`, `list_nodes`), so the same display follows a job
+on the embedded farm and, through the gRPC client, on a head. The job bar counts sample-steps (a
+batch of 4 at step 10 is 40 done), so shards of different sizes add up honestly; a node bar shows
+the segment it is running now.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from farm.model import JobSpec, NodeInfo, SegmentResult, StepEvent
+from farm.service import FarmService, NodeStatus
 
 
-class RichReporter:
-    """`Reporter` that draws live bars on stderr (stdout stays free for --json and summaries)."""
+class JobProgress:
+    """Rich bars on stderr (stdout stays free for --json and the summary)."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -28,36 +27,29 @@ class RichReporter:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
-            transient=False,
         )
         self.job: TaskID | None = None
         self.nodes: dict[str, TaskID] = {}
 
-    def __enter__(self) -> RichReporter:
+    def __enter__(self) -> JobProgress:
         self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def planned(self, job_id: str, job: JobSpec, nodes: Sequence[NodeInfo]) -> None:
-        total = len(job.samples()) * job.steps
-        self.job = self.progress.add_task(f"job {job_id}", total=total, detail="sample-steps")
-        for n in nodes:
-            label = f"{n.name} ({n.vram_gib:g} GiB)"
-            self.nodes[n.name] = self.progress.add_task(label, total=job.steps, detail="waiting")
-
-    def step(self, event: StepEvent) -> None:
-        if self.job is not None:
-            self.progress.advance(self.job, event.batch)
-        bar = self.nodes.get(event.node)
-        if bar is not None:
-            self.progress.update(bar, completed=event.step, detail=f"{event.shard_id.split('/')[-1]} x{event.batch}")
-
-    def segment_done(self, result: SegmentResult, steps: int, batch: int) -> None:
-        bar = self.nodes.get(result.node)
-        if bar is not None:
-            self.progress.update(bar, detail=f"segment {result.index} done in {result.seconds:.1f}s")
-
-    def sample_written(self, path: Path) -> None:
-        pass
+    def update(self, service: FarmService, job_id: str) -> None:
+        view = service.get_job(job_id)
+        if self.job is None:
+            self.job = self.progress.add_task(f"job {job_id}", total=view.steps_total, detail="sample-steps")
+        self.progress.update(self.job, completed=view.steps_done,
+                             detail=f"{view.samples_done}/{view.samples_total} samples, {view.status}")
+        for node in service.list_nodes():
+            name = node.info.name
+            if name not in self.nodes:
+                self.nodes[name] = self.progress.add_task(f"{name} ({node.info.vram_gib:g} GiB)", total=1, detail="")
+            if node.status == NodeStatus.BUSY and node.segment_total:
+                self.progress.update(self.nodes[name], total=node.segment_total, completed=node.segment_step,
+                                     detail=node.segment.split("/")[-1])
+            else:
+                self.progress.update(self.nodes[name], detail=str(node.status))

@@ -53,6 +53,31 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class ShardView:
+    """A shard as the dashboard shows it: which samples, whose, and how far along."""
+
+    id: str
+    home: str
+    samples: tuple[int, ...]
+    bounds: tuple[tuple[int, int], ...]
+    step: int  # the next step to run (bounds[-1][1] when finished)
+    node: str = ""  # the node running it now
+    memory_mode: str = "full"
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """What one node did for one job."""
+
+    node: str
+    samples: int = 0  # samples it finished (ran the last segment and decoded)
+    shards: int = 0  # distinct shards it ran at least one segment of
+    segments: int = 0
+    steps: int = 0  # sample-steps rendered
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class JobView:
     id: str
     spec: JobSpec
@@ -68,6 +93,8 @@ class JobView:
     eta_s: float | None = None
     error: str = ""
     outputs: tuple[str, ...] = ()
+    shards: tuple[ShardView, ...] = ()
+    shares: tuple[NodeShare, ...] = ()
 
     @property
     def progress(self) -> float:

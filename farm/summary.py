@@ -7,39 +7,46 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from farm.coordinator import JobResult
 from farm.model import NodeInfo
+from farm.service import JobView
 
 
-def result_json(result: JobResult) -> dict[str, object]:
+def result_json(view: JobView) -> dict[str, object]:
     return {
-        "job_id": result.job_id,
-        "outputs": [str(p) for p in result.outputs],
-        "seconds": round(result.seconds, 3),
+        "job_id": view.id,
+        "status": str(view.status),
+        "outputs": list(view.outputs),
+        "seconds": round((view.finished_at or 0) - (view.started_at or view.submitted_at), 3),
         "nodes": {
-            name: {"samples": t.samples, "shards": t.shards, "segments": t.segments,
-                   "sample_steps": t.steps, "seconds": round(t.seconds, 3)}
-            for name, t in result.tallies.items()
+            s.node: {"samples": s.samples, "shards": s.shards, "segments": s.segments, "sample_steps": s.steps,
+                     "seconds": round(s.seconds, 3)}
+            for s in view.shares
         },
         "shards": [
-            {"id": s.id, "home": s.home, "batch": s.batch, "segments": [list(b) for b in s.bounds]}
-            for s in result.shards
+            {"id": s.id, "home": s.home, "batch": len(s.samples), "segments": [list(b) for b in s.bounds],
+             "memory_mode": s.memory_mode}
+            for s in view.shards
         ],
     }
 
 
-def print_summary(result: JobResult, nodes: Sequence[NodeInfo], console: Console | None = None) -> None:
+def print_summary(view: JobView, nodes: Sequence[NodeInfo], console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=f"job {result.job_id}: {len(result.outputs)} images in {result.seconds:.1f} s")
+    seconds = (view.finished_at or 0) - (view.started_at or view.submitted_at)
+    table = Table(title=f"job {view.id}: {len(view.outputs)} outputs in {seconds:.1f} s ({view.status})")
     for col in ("node", "VRAM", "samples", "shards", "segments", "steps", "busy s"):
         table.add_column(col, justify="left" if col == "node" else "right")
+    shares = {s.node: s for s in view.shares}
     for n in nodes:
-        t = result.tallies[n.name]
-        table.add_row(n.name, f"{n.vram_gib:g} GiB", str(t.samples), str(t.shards), str(t.segments),
-                      str(t.steps), f"{t.seconds:.1f}")
+        s = shares.get(n.name)
+        if s is not None:
+            table.add_row(n.name, f"{n.vram_gib:g} GiB", str(s.samples), str(s.shards), str(s.segments),
+                          str(s.steps), f"{s.seconds:.1f}")
     console.print(table)
     console.print("steps = sample-steps rendered (a batch of 4 for 5 steps is 20)")
     if any(n.simulated for n in nodes):
         console.print("simulated nodes: planned for their declared VRAM and speed, computed on this CPU")
-    if result.outputs:
-        console.print(f"outputs: {result.outputs[0].parent}/")
+    if view.outputs:
+        console.print(f"outputs: {view.outputs[0].rsplit('/', 1)[0]}/")
+    if view.error:
+        console.print(f"[red]error: {view.error}")

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.coordinator import Coordinator, JobResult
+from farm.coordinator import Coordinator
 from farm.demo import demo_job
 from farm.executor import RayExecutor
 from farm.jobspec import make_job
 from farm.model import JobSpec, Sample, SegmentResult, SegmentTask
 from farm.outputs import PngWriter, read_provenance
+from farm.service import JobView
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +26,9 @@ def pixels(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def demo_run(embedded: RayExecutor, tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, JobResult]:
+def demo_run(embedded: RayExecutor, tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, JobView]:
     job = demo_job(steps=6)
-    result = Coordinator(embedded, PngWriter(tmp_path_factory.mktemp("renders")), max_segment_steps=3).run(job)
+    result = Coordinator(embedded, PngWriter(tmp_path_factory.mktemp("renders")), max_segment_steps=3).render(job)
     return job, result
 
 
@@ -51,23 +52,24 @@ def plain(farm_home: Path):
     torch.set_num_threads(threads)
 
 
-def test_demo_writes_one_png_per_sample(demo_run: tuple[JobSpec, JobResult]) -> None:
+def test_demo_writes_one_png_per_sample(demo_run: tuple[JobSpec, JobView]) -> None:
     job, result = demo_run
     assert len(job.samples()) == 12
-    assert sorted(p.name for p in result.outputs) == sorted(f"{s.index:04d}-seed{s.seed}.png" for s in job.samples())
-    assert all(p.parent.name == result.job_id for p in result.outputs)
+    assert result.status == "done"
+    assert sorted(Path(p).name for p in result.outputs) == sorted(f"{s.index:04d}-seed{s.seed}.png" for s in job.samples())
+    assert all(Path(p).parent.name == result.id for p in result.outputs)
 
 
-def test_work_is_split_by_vram_across_nodes(demo_run: tuple[JobSpec, JobResult]) -> None:
+def test_work_is_split_by_vram_across_nodes(demo_run: tuple[JobSpec, JobView]) -> None:
     _, result = demo_run
-    batch = {s.home: s.batch for s in result.shards}
+    batch = {s.home: len(s.samples) for s in result.shards}
     assert batch["sim-24gb"] > batch["sim-8gb"]
-    assert sum(1 for t in result.tallies.values() if t.samples) >= 2
-    assert sum(t.samples for t in result.tallies.values()) == 12
+    assert sum(1 for t in result.shares if t.samples) >= 2
+    assert sum(t.samples for t in result.shares) == 12
     assert all(len(s.bounds) >= 2 for s in result.shards)
 
 
-def test_png_carries_parameters_and_provenance(demo_run: tuple[JobSpec, JobResult]) -> None:
+def test_png_carries_parameters_and_provenance(demo_run: tuple[JobSpec, JobView]) -> None:
     job, result = demo_run
     for path in result.outputs:
         meta = read_provenance(path)
@@ -83,14 +85,14 @@ def test_png_carries_parameters_and_provenance(demo_run: tuple[JobSpec, JobResul
             assert f"Seed: {sample.seed}" in im.text["parameters"]
 
 
-def test_farm_images_equal_plain_diffusers(demo_run: tuple[JobSpec, JobResult], plain) -> None:
+def test_farm_images_equal_plain_diffusers(demo_run: tuple[JobSpec, JobView], plain) -> None:
     """Same batch composition: pixel-identical. Any batch composition (here: one at a time): within 1/255."""
 
     job, result = demo_run
-    by_index = {read_provenance(p)["sample"]: p for p in result.outputs}
+    by_index = {read_provenance(p)["sample"]: Path(p) for p in result.outputs}
     samples = job.samples()
     for shard in result.shards:
-        group = tuple(samples[i] for i in shard.sample_indices)
+        group = tuple(samples[i] for i in shard.samples)
         for sample, expected in zip(group, plain(job, group)):
             assert np.array_equal(pixels(by_index[sample.index]), expected), f"sample {sample.index} differs"
     for sample in samples[:4]:
@@ -122,6 +124,9 @@ class KillAfterFirstSegment:
     def step_events(self):
         return self.inner.step_events()
 
+    def interrupt(self, node: str) -> None:
+        self.inner.interrupt(node)
+
     def shutdown(self) -> None:
         self.inner.shutdown()
 
@@ -135,16 +140,17 @@ def test_lost_node_resumes_elsewhere_from_its_checkpoint(embedded: RayExecutor, 
     executor = RayExecutor(simulated_nodes(), farm_home)  # its own actors: killing one spares the shared farm
     try:
         chaos = KillAfterFirstSegment(executor, "sim-24gb")
-        result = Coordinator(chaos, PngWriter(tmp_path), max_segment_steps=2).run(job)
+        result = Coordinator(chaos, PngWriter(tmp_path), max_segment_steps=2).render(job)
     finally:
         executor.shutdown()
     assert chaos.killed
     assert len(result.outputs) == 4
+    assert result.status == "done"
     moved = [read_provenance(p)["segments"] for p in result.outputs]
     assert any(s[0]["node"] == "sim-24gb" and s[-1]["node"] != "sim-24gb" for s in moved)
     samples = job.samples()
-    by_index = {read_provenance(p)["sample"]: p for p in result.outputs}
+    by_index = {read_provenance(p)["sample"]: Path(p) for p in result.outputs}
     for shard in result.shards:
-        group = tuple(samples[i] for i in shard.sample_indices)
+        group = tuple(samples[i] for i in shard.samples)
         for sample, expected in zip(group, plain(job, group)):
             assert np.array_equal(pixels(by_index[sample.index]), expected)

@@ -104,9 +104,15 @@ class Engine:
     def evaluations(self, live: Live) -> int:
         return len(live.scheduler.timesteps)
 
-    def denoise(self, live: Live, end: int, on_step: Callable[[int], None] | None = None) -> Live:
-        """Run loop iterations `[live.step, end)`; `end` must be a whole-step boundary."""
+    def denoise(self, live: Live, end: int, on_step: Callable[[int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> Live:
+        """Run loop iterations `[live.step, end)`; `end` must be a whole-step boundary.
+
+        `should_stop` is asked after every iteration that ends a whole step: when it says yes the
+        loop returns early (the node is being paused) and `live.step` says how far it got.
+        """
         schedulers.check_cut(live.job.sampler, live.job.steps, end)
+        ends = set(schedulers.whole_step_ends(live.job.sampler, live.job.steps))
         for i in range(live.step, end):
             # Two-stage models (SDXL's refiner, Wan 2.2's experts) run some iterations on another denoiser.
             pipe = self.pipe(self.family.denoiser_stage(self.index, live, i))
@@ -115,6 +121,8 @@ class Engine:
             live.step = i + 1
             if on_step is not None:
                 on_step(i + 1)
+            if should_stop is not None and live.step in ends and live.step < end and should_stop():
+                break
         return live
 
     def decode(self, live: Live) -> list[np.ndarray]:

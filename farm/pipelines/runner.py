@@ -53,12 +53,20 @@ class SegmentRunner:
         self.engines[key] = engine
         return engine
 
-    def run(self, task: SegmentTask, on_step: Callable[[int], None] | None = None) -> SegmentResult:
+    def run(self, task: SegmentTask, on_step: Callable[[int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> SegmentResult:
+        """Run the task's steps; `on_step(step)` after each whole step; `should_stop()` lets a pause
+        end the segment early at a step boundary (the result then says where: `stopped_at`)."""
         began = time.perf_counter()
         job = task.job
         engine = self.engine(job.model, task.memory_mode)
         ends = schedulers.whole_step_ends(job.sampler, job.steps)
         start, end = ends[task.start], ends[task.end]
+        step_of = {evaluation: step for step, evaluation in enumerate(ends)}
+
+        def stepped(evaluation: int) -> None:
+            if on_step is not None and evaluation in step_of:
+                on_step(step_of[evaluation])
         if task.checkpoint is None:
             if task.start != 0:
                 raise CheckpointError(f"segment {task.index} of {task.shard_id} starts at step {task.start} without a checkpoint")
@@ -68,12 +76,14 @@ class SegmentRunner:
             if cp.step != start or cp.seeds != tuple(s.seed for s in task.samples):
                 raise CheckpointError(f"checkpoint of {task.shard_id} is at evaluation {cp.step}, segment starts at {start}")
             live = engine.from_checkpoint(cp, job)
-        live = engine.denoise(live, end, on_step)
+        live = engine.denoise(live, end, stepped, should_stop)
         common = dict(shard_id=task.shard_id, index=task.index, node=self.node.name, gpu=self.node.gpu,
                       memory_mode=engine.mode_used)
-        if task.last:
+        stopped_at = step_of[live.step] if live.step < end else None
+        if task.last and stopped_at is None:
             images = tuple(a.tobytes() for a in engine.decode(live))
             return SegmentResult(**common, seconds=time.perf_counter() - began, images=images)
         payload = wire.encode(engine.to_checkpoint(live))
         previews = preview_pngs(engine.family.spatial_latents(live), engine.family.name)
-        return SegmentResult(**common, seconds=time.perf_counter() - began, checkpoint=payload, previews=previews)
+        return SegmentResult(**common, seconds=time.perf_counter() - began, checkpoint=payload, previews=previews,
+                             stopped_at=stopped_at)
