@@ -47,3 +47,15 @@ class NodeLost(FarmError):
 
 class JobFailed(FarmError):
     """A job gave up after too many failed segments; the message says why."""
+
+
+class NotFound(InvalidInput):
+    """An unknown job id or node name (the control API answers NOT_FOUND)."""
+
+
+class Unauthenticated(FarmError):
+    """The head or an agent refused the token: it is missing, wrong, rotated, or the node was removed."""
+
+
+class Unreachable(FarmError):
+    """The head or an agent did not answer (not started, wrong address, a firewall in between)."""

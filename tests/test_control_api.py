@@ -1,0 +1,240 @@
+"""FarmControl end to end, in-process on 127.0.0.1 port 0: every RPC through the real client and
+server over TLS with the farm's own certificates, the token checks, TLS rejection, bad messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from fake_farm import FakeFarm
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from farm.control_client import FarmClient, open_channel
+from farm.control_server import serve_control
+from farm.credentials import HeadCredentials
+from farm.errors import FarmError, InvalidInput, NotFound, Unauthenticated, Unreachable
+from farm.hardware import GpuSample, Hardware
+from farm.jobspec import make_job
+from farm.membership import Membership
+from farm.model import JobStatus
+from farm.pki import FarmCA, PinMismatch, fetch_pinned_cert, new_key_and_csr, node_host, pin
+from farm.service import NodeStatus, OwnerPolicy
+from protos.farm.v1 import control_pb2, control_pb2_grpc
+
+HARDWARE = Hardware("pc3", "Linux", 8, 32.0, (GpuSample(0, "RTX 4090", 24.0), GpuSample(1, "RTX 3060", 12.0)))
+
+
+class Head:
+    def __init__(self, folder: Path) -> None:
+        self.farm = FakeFarm()
+        self.creds = HeadCredentials.load_or_create(folder)
+        self.joined: list[str] = []
+        self.removed: list[str] = []
+        self.members = Membership(folder, self.creds.ca, self.creds.tokens, "10.0.0.1:6379", "ray-secret",
+                                  on_join=lambda m, _t: self.joined.append(m.name),
+                                  on_remove=lambda m: self.removed.append(m.name))
+        self.server, self.port = serve_control(self.farm, "127.0.0.1:0", tls=self.creds.tls,
+                                               tokens=self.creds.tokens, membership=self.members)
+
+    def client(self, token: str | None = "", roots: bytes | None | str = "") -> FarmClient:
+        roots_pem = self.creds.tls.cert_pem if roots == "" else roots
+        return FarmClient(open_channel("127.0.0.1", self.port, roots_pem),  # type: ignore[arg-type]
+                          self.creds.tokens.farm_token if token == "" else token, timeout=5)
+
+
+@pytest.fixture
+def head(tmp_path: Path) -> Iterator[Head]:
+    h = Head(tmp_path / "head")
+    yield h
+    h.server.stop(None)
+
+
+def job(**kw: object):  # type: ignore[no-untyped-def]
+    return make_job(prompts=["a red circle", "a blue square"], seeds=2, steps=4, **kw)
+
+
+def test_every_farm_rpc_round_trips(head: Head) -> None:
+    c = head.client()
+    spec = job(priority=5, owner="ana")
+    job_id = c.submit(spec)
+    assert c.get_job(job_id).spec == spec
+    assert [j.id for j in c.list_jobs()] == [job_id]
+    assert c.get_job(job_id).samples_total == 4 and c.get_job(job_id).status == JobStatus.QUEUED
+    c.set_priority(job_id, 9)
+    c.move_job(job_id, -2)
+    c.pause_job(job_id)
+    c.resume_job(job_id)
+    c.retry_job(job_id)
+    assert head.farm.get_job(job_id).spec.priority == 9
+    assert ("move_job", (job_id, -2)) in head.farm.calls
+    assert [k for k, _ in head.farm.calls if k.startswith("job_")] == ["job_paused", "job_resumed", "job_retried"]
+    assert c.preview(job_id, 0) is None
+    head.farm.previews[(job_id, 1)] = b"\x89PNG fake"
+    assert c.preview(job_id, 1) == b"\x89PNG fake"
+    c.cancel_job(job_id)
+    assert c.get_job(job_id).status == JobStatus.CANCELLED
+
+    nodes = {n.info.name: n for n in c.list_nodes()}
+    assert nodes == head.farm.nodes  # NodeView, NodeInfo, OwnerPolicy, optional fields all survive the wire
+    c.pause_node("pc1")
+    c.drain_node("pc2")
+    assert {n.info.name: n.status for n in c.list_nodes()} == {"pc1": NodeStatus.PAUSED, "pc2": NodeStatus.DRAINING}
+    c.resume_node("pc1")
+
+    kinds = [e.kind for e in c.events(0)]
+    assert kinds[0] == "job_submitted" and kinds[-2:] == ["node_draining", "node_resumed"]
+    last = c.events(0)[-1].seq
+    assert c.events(last, timeout=0.2) == []
+    follow = c.follow_events(last)
+    head.farm.pause_node("pc2")
+    assert next(follow).kind == "node_paused"
+    follow.close()
+
+
+def test_join_issues_a_node_certificate_and_the_ray_address(head: Head) -> None:
+    key, csr = new_key_and_csr("pc3")
+    grant = head.client().join("pc3", csr, HARDWARE, ":7071", OwnerPolicy(vram_cap_gib=16.0))
+    cert = x509.load_pem_x509_certificate(grant.cert_pem)
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(grant.ca_pem))
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == [node_host("pc3")]
+    assert (grant.ray_address, grant.ray_token) == ("10.0.0.1:6379", "ray-secret")
+    assert [(n.name, n.vram_gib, n.gpu) for n in grant.nodes] == [("pc3-gpu0", 16.0, "RTX 4090"),
+                                                                   ("pc3-gpu1", 12.0, "RTX 3060")]
+    assert head.members.members()[0].agent_address == "127.0.0.1:7071"  # the host the call came from
+    # The node token lets that node join again (after a restart), and nothing else.
+    again = head.client(token=grant.node_token).join("pc3", csr, HARDWARE, ":7071", OwnerPolicy())
+    assert again.node_token != grant.node_token
+    with pytest.raises(Unauthenticated):
+        head.client(token=again.node_token).join("pc4", csr, HARDWARE, ":7071", OwnerPolicy())
+    with pytest.raises(Unauthenticated):
+        head.client(token=again.node_token).list_jobs()
+    assert head.joined == ["pc3", "pc3"]
+
+
+def test_removed_node_cannot_join_again_with_its_token(head: Head) -> None:
+    _, csr = new_key_and_csr("pc3")
+    grant = head.client().join("pc3", csr, HARDWARE, ":7071", OwnerPolicy())
+    head.client().remove_node("pc3")
+    assert head.removed == ["pc3"] and head.members.members() == []
+    with pytest.raises(Unauthenticated):
+        head.client(token=grant.node_token).join("pc3", csr, HARDWARE, ":7071", OwnerPolicy())
+    with pytest.raises(NotFound, match="pc3"):
+        head.client().remove_node("pc3")
+
+
+def test_rotated_token_replaces_the_old_one(head: Head) -> None:
+    old = head.creds.tokens.farm_token
+    new = head.client().rotate_token()
+    assert new != old and pin(head.creds.tls.cert_pem) in new
+    with pytest.raises(Unauthenticated):
+        head.client(token=old).list_jobs()
+    assert head.client(token=new).list_jobs() == []
+    # A restarted head reads the rotated token back.
+    assert HeadCredentials.load_or_create(head.creds.folder).tokens.farm_token == new
+
+
+@pytest.mark.parametrize("token", [None, "farm1.0.wrong", "Bearer"])
+def test_missing_or_wrong_token_is_unauthenticated_and_reaches_nothing(head: Head, token: str | None) -> None:
+    c = head.client(token=token)
+    with pytest.raises(Unauthenticated):
+        c.submit(job())
+    with pytest.raises(Unauthenticated):
+        c.rotate_token()
+    with pytest.raises(Unauthenticated):
+        c.events(0)
+    assert head.farm.jobs == {} and head.creds.tokens.farm_token.startswith("farm1.")
+
+
+def test_tls_is_required_and_only_the_farm_ca_is_trusted(head: Head, tmp_path: Path) -> None:
+    with pytest.raises(Unreachable):
+        FarmClient(grpc.insecure_channel(f"127.0.0.1:{head.port}"), head.creds.tokens.farm_token, timeout=3).list_jobs()
+    other = FarmCA.load_or_create(tmp_path / "other").head_identity(tmp_path / "other").cert_pem
+    with pytest.raises(Unreachable):
+        head.client(roots=other).list_jobs()
+    assert head.client(roots=head.creds.ca.cert_pem).list_jobs() == []  # the CA, as joined nodes hold it
+
+
+def test_first_contact_checks_the_pin_before_sending_the_token(head: Head) -> None:
+    cert = fetch_pinned_cert("127.0.0.1", head.port, pin(head.creds.tls.cert_pem))
+    assert cert.strip() == head.creds.tls.cert_pem.strip()
+    with pytest.raises(PinMismatch):
+        fetch_pinned_cert("127.0.0.1", head.port, "0" * 32)
+
+
+def test_health_is_served_without_a_token(head: Head) -> None:
+    channel = open_channel("127.0.0.1", head.port, head.creds.tls.cert_pem)
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "protos.farm.v1.FarmControl"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize(
+    "method, request_, field",
+    [
+        ("Submit", control_pb2.SubmitRequest(), "model"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny")), "prompts"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], steps=0)), "steps"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], width=12)), "width"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=[" "])), "prompts[0]"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="nope", prompts=["x"])), "model"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], guidance=float("nan"))), "guidance"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], priority=101)), "priority"),
+        ("GetJob", control_pb2.JobRef(), "job_id"),
+        ("CancelJob", control_pb2.JobRef(job_id="x" * 200), "job_id"),
+        ("SetPriority", control_pb2.SetPriorityRequest(job_id="j1", priority=-500), "priority"),
+        ("MoveJob", control_pb2.MoveJobRequest(job_id="j1", offset=0), "offset"),
+        ("PauseNode", control_pb2.NodeRef(name="../etc"), "name"),
+        ("Join", control_pb2.JoinRequest(name="pc9", agent_address=":7071"), "hardware.gpus"),
+        ("Join", control_pb2.JoinRequest(name="pc9", agent_address="nowhere"), "agent_address"),
+    ],
+)
+def test_bad_messages_are_invalid_argument_naming_the_field_and_lose_nothing(
+        head: Head, method: str, request_: object, field: str) -> None:
+    queued = head.client().submit(job())
+    stub = control_pb2_grpc.FarmControlStub(open_channel("127.0.0.1", head.port, head.creds.tls.cert_pem))
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(stub, method)(request_, metadata=(("authorization", f"Bearer {head.creds.tokens.farm_token}"),), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert e.value.details().startswith(f"{field}: ") and "\n" not in e.value.details()
+    assert [j.id for j in head.farm.list_jobs()] == [queued] and head.farm.get_job(queued).status == JobStatus.QUEUED
+
+
+def test_client_raises_farm_errors_with_the_field(head: Head) -> None:
+    c = head.client()
+    with pytest.raises(NotFound, match="job_id"):
+        c.get_job("j404")
+    with pytest.raises(InvalidInput) as e:
+        c.set_priority("j404", 500)
+    assert e.value.field == "priority"
+    job_id = c.submit(job())
+    head.farm.jobs[job_id] = head.farm.jobs[job_id].__class__(**{**head.farm.jobs[job_id].__dict__, "status": JobStatus.DONE})
+    with pytest.raises(InvalidInput, match="is done"):
+        c.cancel_job(job_id)
+
+
+def test_unreachable_head_is_one_farm_error() -> None:
+    with pytest.raises(Unreachable, match="cannot reach"):
+        FarmClient(grpc.insecure_channel("127.0.0.1:1"), "t", timeout=2).list_jobs()
+
+
+def test_plaintext_is_refused_off_loopback() -> None:
+    with pytest.raises(FarmError, match="without TLS"):
+        serve_control(FakeFarm(), "0.0.0.0:0")
+    with pytest.raises(FarmError, match="without TLS"):
+        open_channel("10.1.2.3", 7070, None)
+
+
+def test_embedded_loopback_mode_needs_no_token() -> None:
+    server, port = serve_control(FakeFarm(), "127.0.0.1:0")
+    try:
+        c = FarmClient(open_channel("127.0.0.1", port, None), None, timeout=5)
+        assert [n.info.name for n in c.list_nodes()] == ["pc1", "pc2"]
+        with pytest.raises(FarmError, match="embedded"):
+            c.rotate_token()
+    finally:
+        server.stop(None)
