@@ -1,0 +1,96 @@
+"""The Ray worker's command (pure) and its supervisor, driven by a dummy command instead of Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from farm.model import NodeInfo
+from node.worker import NODE_RESOURCE, NODE_SLOTS, Supervisor, WorkerCommand, ray_start_command
+
+NODES = (NodeInfo("pc1-gpu0", 24.0, gpu="RTX 4090"), NodeInfo("pc1-gpu1", 12.0, gpu="RTX 3060"))
+
+
+def test_ray_start_command_advertises_one_resource_per_gpu_with_token_auth() -> None:
+    cmd = ray_start_command("10.0.0.1:6379", NODES, "ray-secret", node_ip="10.0.0.7", num_cpus=4)
+    argv = list(cmd.argv)
+    assert argv[:4] == ["ray", "start", "--address", "10.0.0.1:6379"]
+    assert json.loads(argv[argv.index("--resources") + 1]) == {"farm_node:pc1-gpu0": 16.0, "farm_node:pc1-gpu1": 16.0}
+    assert argv[argv.index("--num-gpus") + 1] == "2" and argv[argv.index("--num-cpus") + 1] == "4"
+    assert argv[argv.index("--node-ip-address") + 1] == "10.0.0.7" and "--block" in argv
+    assert cmd.env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "ray-secret"}
+
+
+def test_windows_runs_the_worker_in_wsl_and_forwards_the_token() -> None:
+    cmd = ray_start_command("h:6379", [NodeInfo("sim", 8.0, simulated=True)], "t", wrapper=["wsl.exe", "--"])
+    assert cmd.argv[:4] == ("wsl.exe", "--", "ray", "start")
+    assert cmd.argv[cmd.argv.index("--num-gpus") + 1] == "0"  # a simulated GPU is not a CUDA device
+    assert cmd.env["WSLENV"] == "RAY_AUTH_MODE/u:RAY_AUTH_TOKEN/u"
+
+
+def test_resource_names_match_the_executor() -> None:
+    from farm import executor
+
+    assert (NODE_RESOURCE, NODE_SLOTS) == (executor.NODE_RESOURCE, executor.NODE_SLOTS)
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_supervisor_restarts_a_dead_worker_and_stops_it_on_request(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    script = f"import time; open({str(starts)!r}, 'a').write('x'); time.sleep(600)"
+    exits: list[int] = []
+    sup = Supervisor(WorkerCommand((sys.executable, "-c", script), {}), tmp_path / "worker.log",
+                     min_delay_s=0.1, on_exit=exits.append)
+    sup.start()
+    try:
+        assert _wait(lambda: sup.pid is not None and starts.exists())
+        first = sup.pid
+        os.kill(first, signal.SIGKILL)  # the worker crashes
+        assert _wait(lambda: sup.pid not in (None, first))
+        assert sup.restarts == 1 and exits == [-signal.SIGKILL] and _wait(lambda: starts.read_text() == "xx")
+    finally:
+        second = sup.pid
+        sup.stop()
+    assert not sup.running
+    assert not _pid_alive(second)  # type: ignore[arg-type]
+    time.sleep(0.3)
+    assert starts.read_text() == "xx"  # stopped means not restarted
+
+
+def test_supervisor_sends_the_command_env(tmp_path: Path) -> None:
+    out = tmp_path / "env"
+    script = f"import os, time; open({str(out)!r}, 'w').write(os.environ['RAY_AUTH_MODE']); time.sleep(600)"
+    sup = Supervisor(WorkerCommand((sys.executable, "-c", script), {"RAY_AUTH_MODE": "token"}))
+    sup.start()
+    try:
+        assert _wait(lambda: out.exists() and out.read_text() == "token")
+    finally:
+        sup.stop()
+
+
+def test_a_command_that_cannot_start_is_retried_not_fatal(tmp_path: Path) -> None:
+    sup = Supervisor(WorkerCommand((str(tmp_path / "no-such-ray"),), {}), min_delay_s=0.05)
+    sup.start()
+    assert _wait(lambda: sup.restarts >= 2)
+    sup.stop()
+    assert not sup.running
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
