@@ -17,6 +17,7 @@ from typing import NoReturn
 from farm.errors import FarmError, InvalidInput
 from farm.jobspec import load_job_file, make_job
 from farm.model import JobSpec
+from tui.cli import add_tui_command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +29,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("renders"), help="folder for outputs (default: renders)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
+    p.add_argument("--json", action="store_true", help="print one JSON object per job on stdout instead of a table")
+    p.add_argument("--state", type=Path, default=None,
+                   help="keep the queue in this folder (SQLite + checkpoints): a stopped run resumes with `farm resume`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="render a TOML job file on the embedded farm")
     run.add_argument("job_file", type=Path)
     _common(run)
+
+    resume = sub.add_parser("resume", help="finish the jobs a stopped run left in --state, from their checkpoints")
+    _common(resume)
     # Other modules add their commands here; each sets `func(args) -> exit code`.
+    add_tui_command(sub)
     return parser
 
 
-def _job_from_args(args: argparse.Namespace) -> JobSpec:
+def _job_from_args(args: argparse.Namespace) -> JobSpec | None:
+    if args.command == "resume":
+        if args.state is None:
+            raise InvalidInput("--state", "give the folder of the stopped run's queue")
+        return None
     if args.command == "demo":
         from farm.demo import demo_job
 
@@ -78,23 +89,24 @@ def _execute(args: argparse.Namespace) -> int:
     if hasattr(args, "func"):  # commands registered by other modules (cluster, dashboard)
         return args.func(args)
     job = _job_from_args(args)  # every check runs before any process starts
+    from farm.embedded import admit, render_embedded
+    from farm.progress import JobProgress
+    from farm.summary import print_summary, result_json
     from node.simulated import simulated_nodes
 
     nodes = simulated_nodes()
-    from farm.embedded import admit
-
-    admit(job, nodes)
-    from farm.embedded import render_embedded
-    from farm.progress import JobProgress
-    from farm.summary import print_summary, result_json
-
+    if job is not None:
+        admit(job, nodes)  # refused before any process starts
     with JobProgress() as progress:
-        view = render_embedded(job, nodes, args.out, progress)
-    if args.json:
-        print(json.dumps(result_json(view), indent=None))
-    else:
-        print_summary(view, nodes)
-    return 0 if view.status == "done" else 1
+        views = render_embedded(job, nodes, args.out, progress, state=args.state)
+    if not views:
+        print("farm: nothing to resume: every job in the store is finished", file=sys.stderr)
+    for view in views:
+        if args.json:
+            print(json.dumps(result_json(view), indent=None))
+        else:
+            print_summary(view, nodes)
+    return 0 if all(v.status == "done" for v in views) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

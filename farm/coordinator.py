@@ -39,6 +39,7 @@ from farm.model import (
 from farm.ports import Executor, OutputSink
 from farm.service import Event, JobView, NodeShare, NodeStatus, NodeView, ShardView
 from farm.speed import SpeedBook
+from farm.store import Store, StoredJob
 from farm.transitions import FINAL, transition
 
 # A node that fails segments of one job this many times gets no more of that job's segments.
@@ -117,7 +118,8 @@ class Coordinator:
 
     def __init__(self, executor: Executor, sink: OutputSink, *, max_failures: int = 5,
                  max_segment_steps: int | None = planner.DEFAULT_SEGMENT_STEPS,
-                 segment_seconds: float = planner.SEGMENT_SECONDS, clock: Callable[[], float] = time.time) -> None:
+                 segment_seconds: float = planner.SEGMENT_SECONDS, clock: Callable[[], float] = time.time,
+                 store: Store | None = None) -> None:
         self.executor = executor
         self.sink = sink
         self.max_failures = max_failures
@@ -137,12 +139,47 @@ class Coordinator:
         self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.store = store
+        if store is not None:
+            self._events.extend(store.load_events(EVENTS_KEPT))
+            for stored in store.load_jobs():
+                self.jobs[stored.id] = self._restore(stored)
+                self._seq = max(self._seq, stored.seq)
+
+    def _restore(self, stored: StoredJob) -> JobState:
+        """A job as the store left it: segments that were running when the head stopped are simply
+        not running now, and resume from the shard's last stored checkpoint."""
+        job = JobState(stored.id, stored.spec, stored.seq, stored.submitted_at, stored.status,
+                       started_at=stored.started_at, finished_at=stored.finished_at, error=stored.error,
+                       failures=stored.failures, node_failures=dict(stored.node_failures),
+                       outputs=[Path(p) for _, p in stored.outputs], tallies={n: NodeTally() for n in self.nodes})
+        for s in stored.shards:
+            run = ShardRun(s.shard, s.next_index, s.step, s.checkpoint, list(s.runs), progress=s.step)
+            job.shards[s.shard.id] = run
+            for r in s.runs:
+                tally = job.tallies.setdefault(r.node, NodeTally())
+                tally.segments += 1
+                tally.steps += (r.end - r.start) * s.shard.batch
+                tally.shard_ids.add(s.shard.id)
+                tally.shards = len(tally.shard_ids)
+            if run.done and s.runs:
+                job.tallies[s.runs[-1].node].samples += s.shard.batch
+        return job
+
+    def _save(self, job: JobState) -> None:
+        if self.store is not None:
+            self.store.update_job(job.id, spec=job.spec, seq=job.seq, status=job.status, started_at=job.started_at,
+                                  finished_at=job.finished_at, error=job.error, failures=job.failures,
+                                  node_failures=job.node_failures)
 
     # ----- events -------------------------------------------------------------------------------
 
     def _emit(self, kind: str, job_id: str = "", node: str = "", message: str = "") -> None:
         seq = self._events[-1].seq + 1 if self._events else 1
-        self._events.append(Event(seq, self.clock(), kind, job_id, node, message))
+        event = Event(seq, self.clock(), kind, job_id, node, message)
+        self._events.append(event)
+        if self.store is not None:
+            self.store.add_event(event)
         self._changed.notify_all()
 
     def events(self, after: int, timeout: float = 0.0) -> list[Event]:
@@ -178,9 +215,13 @@ class Coordinator:
             infos = [n.info for n in self.nodes.values() if not n.lost]
             shards = planner.shard_job(job_id, spec, get_model(spec.model), infos, self.max_segment_steps,
                                        context=self._context())
+            if job_id in self.jobs:
+                raise InvalidInput("job", f"a job {job_id!r} exists already")
             self._seq += 1
             job = JobState(job_id, spec, self._seq, self.clock(), shards={s.id: ShardRun(s) for s in shards},
                            tallies={name: NodeTally() for name in self.nodes})
+            if self.store is not None:
+                self.store.add_job(job_id, job.seq, spec, job.submitted_at, shards)
             self.jobs[job_id] = job
             self._emit("job_submitted", job_id, message=f"{len(spec.samples())} samples in {len(shards)} shards")
             return job_id
@@ -189,6 +230,7 @@ class Coordinator:
         job.status = transition(job.id, job.status, status)
         if status in FINAL or status == JobStatus.FAILED:
             job.finished_at = self.clock()
+        self._save(job)
         self._emit(f"job_{status}", job.id, message=message)
 
     def cancel_job(self, job_id: str) -> None:
@@ -225,6 +267,7 @@ class Coordinator:
         with self._lock:
             job = self._job(job_id)
             job.spec = replace(job.spec, priority=priority)
+            self._save(job)
             self._emit("job_moved", job_id, message=f"priority {priority}")
 
     def move_job(self, job_id: str, offset: int) -> None:
@@ -243,6 +286,7 @@ class Coordinator:
                 peers.insert(to, peers.pop(at))
                 for peer, seq in zip(peers, seqs):
                     peer.seq = seq
+                    self._save(peer)
                 self._emit("job_moved", job_id, message=f"position {at + 1} -> {to + 1}")
 
     def _position(self, job_id: str) -> int:
@@ -399,13 +443,20 @@ class Coordinator:
         self._record(job, run, outcome, start, reached)
         if outcome.stopped_at is not None:
             run.step, run.checkpoint = reached, outcome.checkpoint
+            self._persist(run)
             self._emit("segment_paused", job.id, node.info.name, f"{shard_id} checkpointed at step {reached}")
             return
         run.next_index += 1
         run.step, run.checkpoint = end, outcome.checkpoint
+        written = self._deliver(job, run, outcome) if run.done else []
+        self._persist(run, [(job.id, index, str(path)) for index, path in written])
         self._emit("segment_finished", job.id, node.info.name, f"{shard_id}#{outcome.index} in {outcome.seconds:.1f}s")
-        if run.done:
-            self._deliver(job, run, outcome)
+        if run.done and all(r.done for r in job.shards.values()):
+            self._set_status(job, JobStatus.DONE, f"{len(job.outputs)} outputs")
+
+    def _persist(self, run: ShardRun, outputs: list[tuple[str, int, str]] = ()) -> None:
+        if self.store is not None:
+            self.store.advance_shard(run.shard.id, run.next_index, run.step, run.checkpoint, run.runs, list(outputs))
 
     def _record(self, job: JobState, run: ShardRun, result: SegmentResult, start: int, end: int) -> None:
         """Provenance, per-node tallies, learned speed and the owner's GPU-seconds."""
@@ -423,14 +474,17 @@ class Coordinator:
         for index, png in zip(run.shard.sample_indices, result.previews):
             self.previews[(job.id, index)] = png
 
-    def _deliver(self, job: JobState, run: ShardRun, result: SegmentResult) -> None:
+    def _deliver(self, job: JobState, run: ShardRun, result: SegmentResult) -> list[tuple[int, Path]]:
+        """Write the shard's outputs (each once: temp name, then rename) and count them."""
         samples = job.spec.samples()
+        written = []
         for index, rgb in zip(run.shard.sample_indices, result.images, strict=True):
             self.previews.pop((job.id, index), None)
-            job.outputs.append(self.sink.write(job.id, job.spec, samples[index], rgb, run.runs))
-        job.tallies[result.node].samples += len(result.images)
-        if all(r.done for r in job.shards.values()):
-            self._set_status(job, JobStatus.DONE, f"{len(job.outputs)} outputs")
+            path = self.sink.write(job.id, job.spec, samples[index], rgb, run.runs)
+            job.outputs.append(path)
+            written.append((index, path))
+        job.tallies.setdefault(result.node, NodeTally()).samples += len(result.images)
+        return written
 
     def _failed(self, job: JobState, run: ShardRun, node: NodeRuntime, error: BaseException) -> None:
         """The segment goes back to the queue with the checkpoint it started from."""
@@ -441,6 +495,7 @@ class Coordinator:
             return
         job.failures += 1
         job.node_failures[name] = job.node_failures.get(name, 0) + 1
+        self._save(job)
         self._emit("segment_failed", job.id, name, f"{run.shard.id}: {error}")
         if job.status not in FINAL and job.failures >= self.max_failures:
             job.error = f"{job.failures} failed segments, last on {name}: {error}"
@@ -454,7 +509,10 @@ class Coordinator:
     def render(self, spec: JobSpec, job_id: str | None = None,
                on_tick: Callable[[Coordinator, str], None] | None = None) -> JobView:
         """Submit a job and run the loop on this thread until it is done, failed or cancelled."""
-        job_id = self.submit(spec, job_id)
+        return self.finish(self.submit(spec, job_id), on_tick)
+
+    def finish(self, job_id: str, on_tick: Callable[[Coordinator, str], None] | None = None) -> JobView:
+        """Run the loop on this thread until `job_id` is done, failed or cancelled."""
         while True:
             self.tick()
             if on_tick is not None:

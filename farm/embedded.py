@@ -17,8 +17,10 @@ from farm.executor import RayExecutor, start_embedded_cluster, stop_embedded_clu
 from farm.ids import new_job_id
 from farm.model import JobSpec, NodeInfo
 from farm.outputs import PngWriter
+from farm.model import JobStatus
 from farm.progress import JobProgress
 from farm.service import JobView
+from farm.store import Store
 
 
 def admit(job: JobSpec, nodes: Sequence[NodeInfo]) -> None:
@@ -39,11 +41,26 @@ def embedded_farm(nodes: Sequence[NodeInfo], home: Path | None = None) -> Iterat
         stop_embedded_cluster()
 
 
-def render_embedded(job: JobSpec, nodes: Sequence[NodeInfo], out: Path, progress: JobProgress | None = None,
-                    home: Path | None = None, job_id: str | None = None) -> JobView:
-    """Validate, start the embedded farm, render `job` into `out/<job id>/`, stop the farm."""
-    admit(job, nodes)
-    with embedded_farm(nodes, home) as executor:
-        coordinator = Coordinator(executor, PngWriter(out))
-        on_tick = (lambda c, j: progress.update(c, j)) if progress else None
-        return coordinator.render(job, job_id or new_job_id(), on_tick=on_tick)
+def render_embedded(job: JobSpec | None, nodes: Sequence[NodeInfo], out: Path, progress: JobProgress | None = None,
+                    home: Path | None = None, job_id: str | None = None, state: Path | None = None) -> list[JobView]:
+    """Start the embedded farm, render `job` into `out/<job id>/`, stop the farm.
+
+    With `state`, the queue lives in a store there: jobs a stopped run left unfinished are rendered
+    too (from their last checkpoints), and `job` may be None to only finish those.
+    """
+    if job is not None:
+        admit(job, nodes)
+    store = Store(state) if state is not None else None
+    try:
+        with embedded_farm(nodes, home) as executor:
+            coordinator = Coordinator(executor, PngWriter(out), store=store)
+            ids = [j.id for j in coordinator.list_jobs() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+            if job is not None:
+                ids.append(coordinator.submit(job, job_id or new_job_id()))
+            for current in ids:
+                on_tick = (lambda c, j=current: progress.update(c, j)) if progress else None
+                coordinator.finish(current, on_tick)
+            return [coordinator.get_job(i) for i in ids]
+    finally:
+        if store is not None:
+            store.close()

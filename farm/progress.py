@@ -28,7 +28,7 @@ class JobProgress:
             TimeRemainingColumn(),
             console=self.console,
         )
-        self.job: TaskID | None = None
+        self.jobs: dict[str, TaskID] = {}
         self.nodes: dict[str, TaskID] = {}
 
     def __enter__(self) -> JobProgress:
@@ -40,9 +40,9 @@ class JobProgress:
 
     def update(self, service: FarmService, job_id: str) -> None:
         view = service.get_job(job_id)
-        if self.job is None:
-            self.job = self.progress.add_task(f"job {job_id}", total=view.steps_total, detail="sample-steps")
-        self.progress.update(self.job, completed=view.steps_done,
+        if job_id not in self.jobs:
+            self.jobs[job_id] = self.progress.add_task(f"job {job_id}", total=view.steps_total, detail="")
+        self.progress.update(self.jobs[job_id], completed=view.steps_done,
                              detail=f"{view.samples_done}/{view.samples_total} samples, {view.status}")
         for node in service.list_nodes():
             name = node.info.name
