@@ -86,8 +86,16 @@ class Supervisor:
         with self._cv:
             return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
+    @property
+    def wanted(self) -> bool:
+        """True between `start` and `stop`."""
+        return self._wanted
+
     def start(self) -> None:
         """Keep the command running until `stop` (a no-op when already wanted)."""
+        previous = self._thread
+        if previous is not None and not self._wanted:
+            previous.join()  # a stop still under way finishes first: one watcher at a time
         with self._cv:
             if self._wanted:
                 return

@@ -1,0 +1,144 @@
+"""The agent's loop: read the PC, apply the owner's rules, keep the Ray worker in step with them.
+
+One `tick` reads telemetry, asks `node.policy` for the state, and starts or stops the worker:
+- idle: the worker runs (restarted by its supervisor if it dies);
+- paused: the head checkpoints the node's segment at its next step; after `release_s` the worker is
+  stopped, which frees the GPU even if a segment did not stop in time (its last checkpoint stays);
+- draining: the segment in flight may finish; the worker is stopped after `drain_s`.
+Every tick's reading is kept for `StreamTelemetry`, and the head follows it to pause, drain or
+resume the node in the coordinator.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from farm.hardware import Hardware, Telemetry
+from farm.service import NodeStatus, OwnerPolicy
+from node import policy as rules
+from node.probe import HostProbe, process_tree
+from node.worker import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The latest reading and what the agent made of it."""
+
+    seq: int
+    telemetry: Telemetry
+    status: NodeStatus
+    reason: str
+    worker_running: bool
+    policy: OwnerPolicy
+
+
+def _minute_of_day() -> int:
+    now = datetime.datetime.now()
+    return now.hour * 60 + now.minute
+
+
+class Agent:
+    def __init__(self, probe: HostProbe, policy: OwnerPolicy, worker: Supervisor | None = None, *,
+                 release_s: float = 5.0, drain_s: float = 600.0, settle_s: float = rules.DEFAULT_SETTLE_S,
+                 clock: Callable[[], float] = time.monotonic, minute_of_day: Callable[[], int] = _minute_of_day) -> None:
+        self.probe = probe
+        self.worker = worker
+        self.release_s, self.drain_s, self.settle_s = release_s, drain_s, settle_s
+        self._clock = clock
+        self._minute = minute_of_day
+        self._state = rules.RulesState(rules.validate(policy))
+        self._since = clock()  # when the current status began
+        self._cv = threading.Condition()
+        self._snapshot: Snapshot | None = None
+        self._hardware: Hardware | None = None
+        self._stop = threading.Event()
+
+    def hardware(self) -> Hardware:
+        if self._hardware is None:
+            self._hardware = self.probe.hardware()
+        return self._hardware
+
+    def tick(self) -> Snapshot:
+        """One reading, decision and worker action (the loop calls this every interval)."""
+        reading = self.probe.telemetry()
+        own = process_tree(self.worker.pid if self.worker else None)
+        farm_vram = 0.0  # per-process VRAM is not portable (WDDM hides it); the cap also sizes the budget
+        pause, drain = rules.reasons(self._state.policy, reading.processes, reading.gpus, self._minute(), own, farm_vram)
+        with self._cv:
+            before = self._state.held.status
+            self._state = rules.decide(self._state, self._clock(), pause, drain, self.settle_s)
+            return self._publish(reading, before)
+
+    def _publish(self, reading: Telemetry, before: NodeStatus) -> Snapshot:
+        held = self._state.held
+        if held.status != before:
+            self._since = self._clock()
+            log.info("node %s: %s", held.status, held.reason)
+        self._steer_worker(held.status)
+        seq = self._snapshot.seq + 1 if self._snapshot else 1
+        self._snapshot = Snapshot(seq, reading, held.status, held.reason,
+                                  bool(self.worker and self.worker.running), self._state.policy)
+        self._cv.notify_all()
+        return self._snapshot
+
+    def _steer_worker(self, status: NodeStatus) -> None:
+        if self.worker is None:
+            return
+        waited = self._clock() - self._since
+        if status == NodeStatus.IDLE:
+            self.worker.start()
+        elif self.worker.wanted and (status == NodeStatus.PAUSED and waited >= self.release_s) or (
+                status == NodeStatus.DRAINING and waited >= self.drain_s):
+            threading.Thread(target=self.worker.stop, name="stop-ray-worker", daemon=True).start()
+
+    def _command(self, status: NodeStatus | None, reason: str) -> Snapshot:
+        with self._cv:
+            before = self._state.held.status
+            self._state = rules.operator(self._state, status, reason)
+            self._state = rules.decide(self._state, self._clock(), [], [], self.settle_s)
+            reading = self._snapshot.telemetry if self._snapshot else self.probe.telemetry()
+            return self._publish(reading, before)
+
+    def pause(self, reason: str = "") -> Snapshot:
+        return self._command(NodeStatus.PAUSED, reason or "paused by an operator")
+
+    def drain(self, reason: str = "") -> Snapshot:
+        return self._command(NodeStatus.DRAINING, reason or "drained by an operator")
+
+    def resume(self) -> Snapshot:
+        """Clear an operator's pause or drain; the owner's rules still apply at the next tick."""
+        return self._command(None, "")
+
+    def set_policy(self, policy: OwnerPolicy) -> Snapshot:
+        rules.validate(policy)
+        with self._cv:
+            self._state = rules.RulesState(policy, self._state.operator, self._state.operator_reason,
+                                           self._state.held, self._state.clear_since)
+        return self.tick()
+
+    def latest(self, after_seq: int, timeout: float) -> Snapshot | None:
+        """The newest snapshot once its seq is above `after_seq`, waiting up to `timeout`."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._snapshot is not None and self._snapshot.seq > after_seq, timeout)
+            return self._snapshot if self._snapshot and self._snapshot.seq > after_seq else None
+
+    def run(self, interval_s: float = 2.0) -> None:
+        """Tick until `close`; one failed reading is logged, never fatal."""
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("agent tick failed")
+            self._stop.wait(interval_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.worker is not None:
+            self.worker.stop()
