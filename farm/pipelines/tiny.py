@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Qwen2Tokenizer, T5Tokenizer
 
 MAX_TOKENS = 32
 
@@ -42,6 +42,29 @@ def build_tokenizer(folder: Path) -> CLIPTokenizer:
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_TOKENS)
+
+
+def build_t5_tokenizer() -> T5Tokenizer:
+    """A character-level T5 (SentencePiece unigram) tokenizer: printable ASCII, each character also
+    with the word-start marker, so any prompt tokenizes without a vocabulary download."""
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    vocab += [(c, -2.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+# Qwen's chat markup, enough for pipelines that format prompts as a system + user conversation.
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen_tokenizer() -> Qwen2Tokenizer:
+    """A byte-level Qwen2 tokenizer without merges (one token per byte) and Qwen's chat template."""
+    vocab = {c: i for i, c in enumerate(_byte_alphabet())}
+    return Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+                          chat_template=QWEN_CHAT_TEMPLATE)
 
 
 def build_demo_pipeline(seed: int = 0) -> StableDiffusionPipeline:
