@@ -1,0 +1,1 @@
+"""The dashboard's screens: each one redraws from the app's `FarmStore` (see `base.LiveScreen`)."""
