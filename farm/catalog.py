@@ -67,6 +67,27 @@ MODELS: dict[str, ModelInfo] = {
         default_steps=20,
         description="tiny SD-1.5-architecture pipeline built in code with seeded random weights",
     ),
+    # Tiny video models: 32x32 frames costed as the full-size model's resolution.
+    "tiny-ltx": ModelInfo(
+        name="tiny-ltx", family="ltxv", profile="ltxv", cost_scale=24, max_size=64, default_size=32,
+        default_steps=8, description="tiny LTX-Video-architecture pipeline built in code (8k+1 frames)",
+        max_frames=33, fps=25, default_sampler="flow_euler",
+    ),
+    "tiny-wan21": ModelInfo(
+        name="tiny-wan21", family="wan21", profile="wan21", cost_scale=26, max_size=64, default_size=32,
+        default_steps=8, description="tiny Wan-2.1-architecture pipeline built in code (4k+1 frames)",
+        max_frames=33, fps=16, default_sampler="unipc",
+    ),
+    "tiny-wan22": ModelInfo(
+        name="tiny-wan22", family="wan22", profile="wan21", cost_scale=26, max_size=64, default_size=32,
+        default_steps=8, description="tiny Wan-2.2-architecture pipeline (high- and low-noise experts) built in code",
+        max_frames=33, fps=16, default_sampler="unipc",
+    ),
+    "tiny-hunyuan15": ModelInfo(
+        name="tiny-hunyuan15", family="hunyuanvideo15", profile="hunyuanvideo15", cost_scale=26, max_size=64,
+        default_size=32, default_steps=8, description="tiny HunyuanVideo-1.5-architecture pipeline built in code",
+        max_frames=33, fps=24, default_sampler="flow_euler",
+    ),
 }
 
 

@@ -19,6 +19,8 @@ MAX_PROMPTS = 10_000
 MAX_SEEDS = 10_000
 MAX_STEPS = 1000
 MAX_SEED_VALUE = 2**63 - 1
+# Video VAEs compress time by this factor and keep the first frame: a video has k * step + 1 frames.
+FRAME_STEP: dict[str, int] = {"ltxv": 8, "wan21": 4, "wan22": 4, "hunyuanvideo15": 4}
 JOB_FIELDS = {"model", "prompts", "seeds", "seed", "steps", "width", "height", "guidance", "sampler",
               "negative_prompt", "priority", "owner", "frames"}
 
@@ -34,6 +36,15 @@ def _int(field: str, value: Any, lo: int, hi: int) -> int:
 def _size(field: str, value: Any, limit: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= limit or value % 8:
         raise InvalidInput(field, f"must be a multiple of 8 from 8 to {limit} (this model's limit), got {value!r}")
+    return value
+
+
+def _frames(value: Any, family: str, limit: int) -> int:
+    step = FRAME_STEP.get(family)
+    if step is None:
+        return _int("frames", value, 1, limit)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit or (value - 1) % step:
+        raise InvalidInput("frames", f"must be {step}k+1 from 1 to {limit} (this model's limit), got {value!r}")
     return value
 
 
@@ -77,7 +88,7 @@ def make_job(
     sampler = info.default_sampler if sampler is None else sampler
     if sampler not in info.samplers:
         raise InvalidInput("sampler", f"must be one of {', '.join(info.samplers)} for {model}, got {sampler!r}")
-    frames = _int("frames", frames, 1, info.max_frames)
+    frames = _frames(frames, info.family, info.max_frames)
     if not isinstance(negative_prompt, str):
         raise InvalidInput("negative_prompt", "must be a string")
     priority = _int("priority", priority, -100, 100)

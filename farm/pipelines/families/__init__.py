@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from farm.pipelines.families.base import Family
+from farm.pipelines.families.hunyuan15 import HunyuanVideo15
+from farm.pipelines.families.ltx import LTX
 from farm.pipelines.families.sd15 import SD15
+from farm.pipelines.families.wan import Wan21, Wan22
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15(),)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15(), LTX(), Wan21(), Wan22(), HunyuanVideo15())}
 
 
 def get_family(name: str) -> Family:

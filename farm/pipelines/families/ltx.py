@@ -1,0 +1,172 @@
+"""LTX-Video: T5 text encoder, a transformer over packed (token-sequence) latents, a causal video VAE
+(`LTXPipeline`).
+
+The transformer needs the latent grid (frames, height, width) to place its rotary embeddings, and
+the preview needs it to unpack the token sequence; it travels in the conditioning as `latent_grid`
+so a node that resumes a checkpoint has it without the VAE's config arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKLLTXVideo,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    LTXPipeline,
+    LTXVideoTransformer3DModel,
+)
+from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_timesteps
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import T5Config, T5EncoderModel
+
+from farm.catalog import get_model
+from farm.model import JobSpec, Sample
+from farm.pipelines import schedulers
+from farm.pipelines.families.base import Family, Live, to_uint8
+from farm.pipelines.tiny import build_t5_tokenizer
+
+
+class LTX(Family):
+    name = "ltxv"
+    pipeline_class = LTXPipeline
+    stages = {"encode": ("text_encoder", "tokenizer"), "denoise": ("transformer",), "decode": ("vae",)}
+
+    def build_tiny(self, seed: int = 0) -> DiffusionPipeline:
+        """LTX-Video's architecture at toy width; the VAE compresses 8x in space and time like the
+        real one, so frame counts follow the real 8k+1 rule."""
+        tokenizer = build_t5_tokenizer()
+        torch.manual_seed(seed)
+        transformer = LTXVideoTransformer3DModel(
+            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
+            attention_head_dim=8, cross_attention_dim=32, num_layers=1, caption_channels=32,
+        )
+        torch.manual_seed(seed)
+        vae = AutoencoderKLLTXVideo(
+            latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+            spatio_temporal_scaling=(True, True, True, False), decoder_spatio_temporal_scaling=(True, True, True, False),
+            layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=1, patch_size_t=1,
+            encoder_causal=True, decoder_causal=False, timestep_conditioning=True,
+        )
+        torch.manual_seed(seed)
+        text_encoder = T5EncoderModel(T5Config(
+            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, is_encoder_decoder=False, use_cache=False,
+        ))
+        # LTX-Video's own schedule: resolution-dependent shift (mu), stretched to a terminal sigma.
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_image_seq_len=1024, max_image_seq_len=4096,
+            base_shift=0.95, max_shift=2.05, shift_terminal=0.1,
+        )
+        pipe = LTXPipeline(scheduler=scheduler, vae=vae.eval(), text_encoder=text_encoder.eval(),
+                           tokenizer=tokenizer, transformer=transformer.eval())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def prepare_stage(self, pipe: DiffusionPipeline, stage: str, configs: dict[str, dict]) -> None:
+        # Loaded without its VAE or transformer, the pipeline falls back to the full-size model's
+        # factors; the stage's latent shapes must come from this model's configs.
+        vae, transformer = configs["vae"], configs["transformer"]
+        scaling = sum(vae["spatio_temporal_scaling"])
+        pipe.vae_spatial_compression_ratio = vae.get("spatial_compression_ratio") or vae["patch_size"] * 2 ** scaling
+        pipe.vae_temporal_compression_ratio = vae.get("temporal_compression_ratio") or vae["patch_size_t"] * 2 ** scaling
+        pipe.transformer_spatial_patch_size = transformer["patch_size"]
+        pipe.transformer_temporal_patch_size = transformer["patch_size_t"]
+        pipe.video_processor = VideoProcessor(vae_scale_factor=pipe.vae_spatial_compression_ratio)
+
+    @staticmethod
+    def grid(pipe: DiffusionPipeline, job: JobSpec) -> tuple[int, int, int]:
+        """Latent frames, height and width of a job, as `__call__` computes them."""
+        return ((job.frames - 1) // pipe.vae_temporal_compression_ratio + 1,
+                job.height // pipe.vae_spatial_compression_ratio, job.width // pipe.vae_spatial_compression_ratio)
+
+    @torch.no_grad()
+    def encode(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> dict[str, torch.Tensor]:
+        cfg = job.guidance > 1
+        positive, mask, negative, negative_mask = pipe.encode_prompt(
+            prompt=[s.prompt for s in samples], negative_prompt=[job.negative_prompt] * len(samples),
+            do_classifier_free_guidance=cfg, device=pipe._execution_device,
+        )
+        return {
+            "prompt_embeds": torch.cat([negative, positive]) if cfg else positive,
+            "prompt_attention_mask": torch.cat([negative_mask, mask]) if cfg else mask,
+            "latent_grid": torch.tensor(self.grid(pipe, job)),
+        }
+
+    @torch.no_grad()
+    def init_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
+                     generators: list[torch.Generator], scheduler: SchedulerMixin,
+                     configs: dict[str, dict]) -> torch.Tensor:
+        return pipe.prepare_latents(len(generators), configs["transformer"]["in_channels"], job.height, job.width,
+                                    job.frames, torch.float32, pipe._execution_device, generators)
+
+    def set_timesteps(self, pipe: DiffusionPipeline, job: JobSpec, scheduler: SchedulerMixin,
+                      latents_shape: tuple[int, ...]) -> None:
+        # The shift grows with the video's latent size, as in `__call__`.
+        steps, config = job.steps, scheduler.config
+        mu = calculate_shift(int(np.prod(self.grid(pipe, job))), config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        retrieve_timesteps(scheduler, steps, pipe._execution_device, sigmas=sigmas, mu=mu)
+
+    @torch.no_grad()
+    def step(self, pipe: DiffusionPipeline, live: Live, i: int) -> torch.Tensor:
+        job, scheduler, cond = live.job, live.scheduler, live.cond
+        cfg = job.guidance > 1
+        frames, height, width = (int(n) for n in cond["latent_grid"])
+        t = scheduler.timesteps[i]
+        model_input = (torch.cat([live.latents] * 2) if cfg else live.latents).to(cond["prompt_embeds"].dtype)
+        rope_scale = (pipe.vae_temporal_compression_ratio / get_model(job.model).fps,
+                      pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)
+        with pipe.transformer.cache_context("cond_uncond"):
+            noise = pipe.transformer(
+                hidden_states=model_input, encoder_hidden_states=cond["prompt_embeds"],
+                timestep=t.expand(model_input.shape[0]), encoder_attention_mask=cond["prompt_attention_mask"],
+                num_frames=frames, height=height, width=width, rope_interpolation_scale=rope_scale, return_dict=False,
+            )[0].float()
+        if cfg:
+            uncond, text = noise.chunk(2)
+            noise = uncond + job.guidance * (text - uncond)
+        return scheduler.step(noise, t, live.latents, return_dict=False)[0]
+
+    def spatial_latents(self, live: Live) -> torch.Tensor:
+        frames, height, width = (int(n) for n in live.cond["latent_grid"])
+        latents = LTXPipeline._unpack_latents(live.latents, frames, height, width)  # LTX-Video patches 1x1x1
+        return latents[:, :, frames // 2]
+
+    @torch.no_grad()
+    def decode(self, pipe: DiffusionPipeline, live: Live) -> list[np.ndarray]:
+        frames, height, width = (int(n) for n in live.cond["latent_grid"])
+        vae = pipe.vae
+        latents = pipe._unpack_latents(live.latents, frames, height, width, pipe.transformer_spatial_patch_size,
+                                       pipe.transformer_temporal_patch_size)
+        latents = pipe._denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        latents = latents.to(live.cond["prompt_embeds"].dtype)
+        timestep = None
+        if vae.config.timestep_conditioning:
+            # The pipeline's defaults: decode at timestep 0 with noise scale 0 (the draw still happens).
+            noise = randn_tensor(latents.shape, generator=live.generators, device=latents.device, dtype=latents.dtype)
+            timestep = torch.zeros(latents.shape[0], device=latents.device, dtype=latents.dtype)
+            latents = (1 - timestep[:, None, None, None, None]) * latents + timestep[:, None, None, None, None] * noise
+        video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
+        return [to_uint8(v) for v in pipe.video_processor.postprocess_video(video, output_type="np")]
+
+    @torch.no_grad()
+    def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
+        pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
+        out = pipe(
+            prompt=[s.prompt for s in samples],
+            negative_prompt=[job.negative_prompt] * len(samples),
+            generator=[torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples],
+            num_inference_steps=job.steps,
+            guidance_scale=job.guidance,
+            height=job.height,
+            width=job.width,
+            num_frames=job.frames,
+            frame_rate=get_model(job.model).fps,
+            output_type="np",
+        )
+        return [to_uint8(v) for v in out.frames]
