@@ -3,7 +3,8 @@
 Two chunks: `parameters`, the one-line form image tools already read (prompt, negative prompt,
 steps, sampler, guidance, seed, size, model), and `farm`, JSON with the same fields plus which
 node and GPU rendered which steps. The file is written under a temporary name and renamed, so a
-crash never leaves half an image under the real name.
+crash never leaves half an image under the real name. Videos (jobs of more than one frame) are
+written by `farm.video_output` with the same parameters and provenance.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from farm import __version__
+from farm.catalog import get_model
 from farm.model import JobSpec, Sample, StepRun
+from farm.video_output import write_video
 
 
 def provenance(job_id: str, job: JobSpec, sample: Sample, runs: Sequence[StepRun]) -> dict[str, object]:
@@ -48,7 +51,8 @@ def parameters_line(meta: dict[str, object]) -> str:
 
 
 class PngWriter:
-    """`OutputSink` that writes `<root>/<job id>/<sample>-seed<seed>.png`."""
+    """`OutputSink` that writes `<root>/<job id>/<sample>-seed<seed>.png`, or for a video (more than
+    one frame) `.mp4` with a `.json` sidecar and a `.webp` preview (`farm.video_output`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -57,11 +61,14 @@ class PngWriter:
         folder = self.root / job_id
         folder.mkdir(parents=True, exist_ok=True)
         meta = provenance(job_id, job, sample, runs)
+        stem = f"{sample.index:04d}-seed{sample.seed}"
+        if job.frames > 1:
+            return write_video(folder, stem, job, rgb, meta, parameters_line(meta), get_model(job.model).fps)
         info = PngInfo()
         info.add_text("parameters", parameters_line(meta))
         info.add_text("farm", json.dumps(meta, sort_keys=True))
         image = Image.frombytes("RGB", (job.width, job.height), rgb)
-        path = folder / f"{sample.index:04d}-seed{sample.seed}.png"
+        path = folder / f"{stem}.png"
         tmp = path.with_suffix(".png.tmp")
         image.save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, path)
