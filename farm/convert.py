@@ -128,11 +128,12 @@ def hardware_from_proto(msg: agent_pb2.Hardware) -> Hardware:
                     gpus=tuple(gpu_from_proto(g) for g in msg.gpus))
 
 
-def telemetry_to_proto(t: Telemetry, state: str, reason: str, worker_running: bool,
-                       policy: OwnerPolicy) -> agent_pb2.Telemetry:
+def telemetry_to_proto(t: Telemetry, state: str, reason: str, worker_running: bool, policy: OwnerPolicy,
+                       by_operator: bool) -> agent_pb2.Telemetry:
     return agent_pb2.Telemetry(time=t.time, gpus=[gpu_to_proto(g) for g in t.gpus], cpu_percent=t.cpu_percent,
                                ram_used_gib=t.ram_used_gib, ram_total_gib=t.ram_total_gib, state=state,
-                               reason=reason, worker_running=worker_running, policy=policy_to_proto(policy))
+                               reason=reason, worker_running=worker_running, policy=policy_to_proto(policy),
+                               by_operator=by_operator)
 
 
 def node_to_proto(view: NodeView) -> control_pb2.NodeView:

@@ -15,9 +15,10 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from farm.agent_links import Reading
 from farm.hardware import Hardware, Telemetry
 from farm.service import NodeStatus, OwnerPolicy
 from node import policy as rules
@@ -37,6 +38,7 @@ class Snapshot:
     reason: str
     worker_running: bool
     policy: OwnerPolicy
+    by_operator: bool = False  # the status is an operator's pause or drain, not the owner's rules
 
 
 def _minute_of_day() -> int:
@@ -83,8 +85,8 @@ class Agent:
             log.info("node %s: %s", held.status, held.reason)
         self._steer_worker(held.status)
         seq = self._snapshot.seq + 1 if self._snapshot else 1
-        self._snapshot = Snapshot(seq, reading, held.status, held.reason,
-                                  bool(self.worker and self.worker.running), self._state.policy)
+        self._snapshot = Snapshot(seq, reading, held.status, held.reason, bool(self.worker and self.worker.running),
+                                  self._state.policy, self._state.operator is not None)
         self._cv.notify_all()
         return self._snapshot
 
@@ -142,3 +144,30 @@ class Agent:
         self._stop.set()
         if self.worker is not None:
             self.worker.stop()
+
+
+class InProcessHandle:
+    """The head's own agent as an `AgentHandle`: the head reads and steers it without a network hop."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._closed = threading.Event()
+
+    def follow(self) -> Iterator[Reading]:
+        seq = 0
+        while not self._closed.is_set():
+            snap = self.agent.latest(seq, timeout=1.0)
+            if snap is not None:
+                seq = snap.seq
+                yield Reading(snap.status, snap.reason, snap.telemetry.gpus, snap.policy, snap.by_operator)
+
+    def command(self, status: NodeStatus | None, reason: str) -> None:
+        if status == NodeStatus.PAUSED:
+            self.agent.pause(reason)
+        elif status == NodeStatus.DRAINING:
+            self.agent.drain(reason)
+        else:
+            self.agent.resume()
+
+    def close(self) -> None:
+        self._closed.set()

@@ -1,0 +1,88 @@
+"""The head follows a PC's agent over TLS: the owner's game pauses the node in the service, telemetry
+fills the node view, and an operator's pause reaches the agent."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fake_farm import FakeFarm
+from test_agent import FakeProbe
+
+from farm.agent_links import AgentLinks, NodesWithTelemetry, RemoteAgent
+from farm.hardware import ProcessSample
+from farm.membership import Member
+from farm.model import NodeInfo
+from farm.pki import FarmCA, TlsIdentity, new_key_and_csr, node_host
+from farm.service import NodeStatus, OwnerPolicy
+from node.agent import Agent, InProcessHandle
+from node.agent_server import serve_agent
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def status(farm: FakeFarm, name: str) -> NodeStatus:
+    return farm.nodes[name].status
+
+
+def test_owner_rules_reach_the_coordinator_and_operator_commands_reach_the_agent(tmp_path: Path) -> None:
+    ca = FarmCA.load_or_create(tmp_path)
+    key, csr = new_key_and_csr("pc1")
+    probe = FakeProbe()
+    agent = Agent(probe, OwnerPolicy(pause_programs=("eldenring.exe",)), None, settle_s=0, minute_of_day=lambda: 600)
+    agent.tick()
+    server, port = serve_agent(agent, "127.0.0.1:0", tls=TlsIdentity(key, ca.issue(csr, node_host("pc1"))),
+                               node_token="tok")
+    farm = FakeFarm()
+    links = AgentLinks(farm)
+    head = NodesWithTelemetry(farm, links)
+    try:
+        links.add("pc1", ("pc1",), RemoteAgent(Member("pc1", f"127.0.0.1:{port}", (NodeInfo("pc1", 12.0),)),
+                                               ca.cert_pem, "tok"))
+        assert _wait(lambda: links.reading("pc1") is not None)
+        view = next(v for v in head.list_nodes() if v.info.name == "pc1")
+        assert view.policy.pause_programs == ("eldenring.exe",) and view.status == NodeStatus.IDLE
+
+        probe.processes = [ProcessSample(99, "eldenring.exe", True)]
+        agent.tick()
+        assert _wait(lambda: status(farm, "pc1") == NodeStatus.PAUSED)
+        assert "eldenring.exe running" in next(v for v in head.list_nodes() if v.info.name == "pc1").pause_reason
+        probe.processes = []
+        agent.tick()
+        agent.tick()
+        assert _wait(lambda: status(farm, "pc1") == NodeStatus.IDLE)
+
+        head.drain_node("pc1")  # the operator, through the head's service
+        assert status(farm, "pc1") == NodeStatus.DRAINING and agent.latest(0, 0).status == NodeStatus.DRAINING
+        head.resume_node("pc1")
+        assert agent.latest(0, 0).status == NodeStatus.IDLE
+        kinds = [e.kind for e in farm.log]
+        assert kinds.count("node_draining") == 1  # the agent's echo of the operator's drain is not applied twice
+    finally:
+        links.remove("pc1")
+        server.stop(None)
+
+
+def test_the_heads_own_agent_links_in_process() -> None:
+    probe = FakeProbe()
+    agent = Agent(probe, OwnerPolicy(pause_programs=("steam",)), None, minute_of_day=lambda: 600)
+    farm = FakeFarm()
+    links = AgentLinks(farm)
+    links.add("pc2", ("pc2",), InProcessHandle(agent))
+    try:
+        agent.tick()
+        assert _wait(lambda: links.reading("pc2") is not None)
+        probe.processes = [ProcessSample(5, "steam", False)]
+        agent.tick()
+        assert _wait(lambda: status(farm, "pc2") == NodeStatus.PAUSED)
+        links.command("pc2", None, "")  # the head forwards an operator's resume
+        assert agent.latest(0, 0).status == NodeStatus.IDLE
+    finally:
+        links.remove("pc2")
