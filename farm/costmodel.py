@@ -209,6 +209,29 @@ PROFILES: dict[str, ModelProfile] = {
     ),
 }
 
+# Estimates (no measured rows), built from measured components.
+PROFILES["sdxl_refiner"] = ModelProfile(
+    "sdxl_refiner", 1024, 1024,
+    (
+        *PROFILES["sdxl"].components,
+        # estimate: SDXL 1.0 refiner UNet, about 2.3 B parameters; activations as the base UNet's.
+        Component("refiner", Role.DENOISER, 4.28, Activation(0.1400, 0.3134)),
+    ),
+)
+PROFILES["flux"] = ModelProfile(
+    "flux", 1024, 1024,
+    (
+        _clip_l(),
+        # t5xxl_encoder_seq512_b2 (Flux encodes 512 tokens, one sequence per sample: no CFG).
+        Component("t5xxl", Role.TEXT, 8.87, Activation(0.0, (9.325 - 8.87) / 2)),
+        # estimate: Flux.1-dev transformer, 11.9 B parameters in bf16. Activations at ~64 bytes per
+        # token and hidden unit, as measured for Wan 2.1 and LTX-Video: 4096 image + 512 text tokens, 3072 wide.
+        Component("transformer", Role.DENOISER, 22.2, Activation(0.05, 0.84)),
+        # estimate: decodes like SDXL's VAE at 1024 px (same decoder, 16 latent channels).
+        PROFILES["sdxl"].component("vae"),
+    ),
+)
+
 
 @dataclass(frozen=True)
 class Shape:
