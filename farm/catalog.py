@@ -15,9 +15,13 @@ from farm.errors import InvalidInput
 # Samplers each family can run. Heun and DPM2 are second-order: cut only at whole steps.
 EPS_SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "heun", "dpm2")
 FLOW_SAMPLERS = ("flow_euler", "unipc")
+# diffusers' base + refiner split repeats the base's last evaluation when a second-order sampler is
+# cut, so an SDXL run with its refiner takes first-order samplers only.
+FIRST_ORDER_EPS_SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")
 FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
     "sd15": EPS_SAMPLERS,
     "sdxl": EPS_SAMPLERS,
+    "sdxl_refiner": FIRST_ORDER_EPS_SAMPLERS,
     "flux": ("flow_euler",),
     "ltxv": ("flow_euler",),
     "wan21": FLOW_SAMPLERS,
@@ -57,6 +61,22 @@ class ModelInfo:
 
 
 MODELS: dict[str, ModelInfo] = {
+    # Tiny image models: 64x64 images costed as the full-size model at 1024x1024.
+    "tiny-sdxl": ModelInfo(
+        name="tiny-sdxl", family="sdxl", profile="sdxl", cost_scale=16, max_size=128, default_size=64,
+        default_steps=20, description="tiny SDXL-architecture pipeline (two text encoders) built in code",
+        default_sampler="euler",
+    ),
+    "tiny-sdxl-refiner": ModelInfo(
+        name="tiny-sdxl-refiner", family="sdxl_refiner", profile="sdxl_refiner", cost_scale=16, max_size=128,
+        default_size=64, default_steps=20, default_sampler="euler",
+        description="tiny SDXL base + refiner pipeline built in code (the refiner takes the second half)",
+    ),
+    "tiny-flux": ModelInfo(
+        name="tiny-flux", family="flux", profile="flux", cost_scale=16, max_size=128, default_size=64,
+        default_steps=20, description="tiny Flux.1-architecture pipeline (CLIP + T5, guidance embedding) built in code",
+        default_sampler="flow_euler",
+    ),
     "demo-tiny": ModelInfo(
         name="demo-tiny",
         family="sd15",

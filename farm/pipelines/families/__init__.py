@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from farm.pipelines.families.base import Family
+from farm.pipelines.families.flux import Flux
 from farm.pipelines.families.hunyuan15 import HunyuanVideo15
 from farm.pipelines.families.ltx import LTX
 from farm.pipelines.families.sd15 import SD15
+from farm.pipelines.families.sdxl import SDXL, SDXLRefined
 from farm.pipelines.families.wan import Wan21, Wan22
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15(), LTX(), Wan21(), Wan22(), HunyuanVideo15())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15(), SDXL(), SDXLRefined(), Flux(), LTX(), Wan21(), Wan22(),
+                                                   HunyuanVideo15())}
 
 
 def get_family(name: str) -> Family:
