@@ -2,7 +2,8 @@
 
 Rebuilding a 10,000-row table on every event would stall the UI, so `sync` touches only rows whose
 `JobRow` object changed (the store keeps unchanged rows as the same object), and re-sorts only when
-the queue order changed, keeping the cursor on the job it was on.
+the queue order changed, keeping the cursor on the job it was on. A first load of thousands of rows
+goes in chunks, so the keyboard answers while it fills.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tui.store import FarmStore, JobRow
 COLUMNS = (("id", "job"), ("owner", "owner"), ("model", "model"), ("priority", "pri"), ("progress", "progress"),
            ("samples", "samples"), ("eta", "ETA"), ("status", "state"))
 BAR = 12
+CHUNK = 1000  # rows added per turn of the event loop (a row costs tens of microseconds)
 
 
 def cells(job_id: str, row: JobRow) -> tuple[object, ...]:
@@ -50,14 +52,19 @@ class JobsTable(DataTable[object]):
                 self.remove_row(job_id)
                 del self._shown[job_id]
         self._order = [j for j in self._order if j in self._shown]
+        added = 0
         for job_id in store.rows if changed is None else changed:
             row = store.rows.get(job_id)
             old = self._shown.get(job_id)
             if row is None or old is row:
                 continue
             if old is None:
+                if added == CHUNK:  # the rest after the UI had a turn: keys stay live during a big load
+                    self.call_later(self.sync, store)
+                    return
                 self.add_row(*cells(job_id, row), key=job_id)
                 self._order.append(job_id)
+                added += 1
             else:
                 fresh = cells(job_id, row)
                 for (key, _), before, after, cell in zip(COLUMNS[1:], old, row, fresh[1:]):
