@@ -85,12 +85,12 @@ def refiner_from(refiner_start: float, scheduler: SchedulerMixin) -> int:
 
 
 def _tiny_unet(cross_attention_dim: int, time_ids: int) -> UNet2DConditionModel:
-    # diffusers' own SDXL test UNet: 8 dims per time id plus the 32-dim pooled text embedding.
+    # diffusers' own SDXL test UNet at one layer per block: 8 dims per time id plus the 32-dim pooled text.
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        addition_time_embed_dim=8, transformer_layers_per_block=1,
         projection_class_embeddings_input_dim=time_ids * 8 + 32, cross_attention_dim=cross_attention_dim,
     )
 
