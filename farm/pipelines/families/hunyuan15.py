@@ -22,7 +22,14 @@ from diffusers.guiders import ClassifierFreeGuidance
 from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
 from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import retrieve_timesteps
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+from transformers import (
+    ByT5Tokenizer,
+    Qwen2_5_VLTextConfig,
+    Qwen2_5_VLTextModel,
+    Qwen2Tokenizer,
+    T5Config,
+    T5EncoderModel,
+)
 
 from farm.model import JobSpec, Sample
 from farm.pipelines import schedulers
@@ -31,7 +38,8 @@ from farm.pipelines.tiny import build_qwen_tokenizer
 
 PROMPT_PARTS = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
 # The transformer's conditioning inputs, in the order of PROMPT_PARTS.
-MODEL_INPUTS = ("encoder_hidden_states", "encoder_attention_mask", "encoder_hidden_states_2", "encoder_attention_mask_2")
+MODEL_INPUTS = ("encoder_hidden_states", "encoder_attention_mask",
+                "encoder_hidden_states_2", "encoder_attention_mask_2")
 
 
 class HunyuanVideo15Stages(HunyuanVideo15Pipeline):
@@ -42,7 +50,10 @@ class HunyuanVideo15Stages(HunyuanVideo15Pipeline):
     that `prepare_stage` then replaces from the model's config), then the VAE is None again.
     """
 
-    def __init__(self, text_encoder, tokenizer, transformer, vae, scheduler, text_encoder_2, tokenizer_2, guider):
+    def __init__(self, text_encoder: Qwen2_5_VLTextModel, tokenizer: Qwen2Tokenizer,
+                 transformer: HunyuanVideo15Transformer3DModel, vae: AutoencoderKLHunyuanVideo15 | None,
+                 scheduler: FlowMatchEulerDiscreteScheduler, text_encoder_2: T5EncoderModel,
+                 tokenizer_2: ByT5Tokenizer, guider: ClassifierFreeGuidance) -> None:
         stand_in = vae if vae is not None else _VaeStandIn()
         super().__init__(text_encoder, tokenizer, transformer, stand_in, scheduler, text_encoder_2, tokenizer_2, guider)
         if vae is None:

@@ -47,7 +47,8 @@ class LTX(Family):
         torch.manual_seed(seed)
         vae = AutoencoderKLLTXVideo(
             latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-            spatio_temporal_scaling=(True, True, True, False), decoder_spatio_temporal_scaling=(True, True, True, False),
+            spatio_temporal_scaling=(True, True, True, False),
+            decoder_spatio_temporal_scaling=(True, True, True, False),
             layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=1, patch_size_t=1,
             encoder_causal=True, decoder_causal=False, timestep_conditioning=True,
         )
@@ -70,9 +71,9 @@ class LTX(Family):
         # Loaded without its VAE or transformer, the pipeline falls back to the full-size model's
         # factors; the stage's latent shapes must come from this model's configs.
         vae, transformer = configs["vae"], configs["transformer"]
-        scaling = sum(vae["spatio_temporal_scaling"])
-        pipe.vae_spatial_compression_ratio = vae.get("spatial_compression_ratio") or vae["patch_size"] * 2 ** scaling
-        pipe.vae_temporal_compression_ratio = vae.get("temporal_compression_ratio") or vae["patch_size_t"] * 2 ** scaling
+        scaling = 2 ** sum(vae["spatio_temporal_scaling"])
+        pipe.vae_spatial_compression_ratio = vae.get("spatial_compression_ratio") or vae["patch_size"] * scaling
+        pipe.vae_temporal_compression_ratio = vae.get("temporal_compression_ratio") or vae["patch_size_t"] * scaling
         pipe.transformer_spatial_patch_size = transformer["patch_size"]
         pipe.transformer_temporal_patch_size = transformer["patch_size_t"]
         pipe.video_processor = VideoProcessor(vae_scale_factor=pipe.vae_spatial_compression_ratio)
@@ -107,8 +108,9 @@ class LTX(Family):
                       latents_shape: tuple[int, ...]) -> None:
         # The shift grows with the video's latent size, as in `__call__`.
         steps, config = job.steps, scheduler.config
-        mu = calculate_shift(int(np.prod(self.grid(pipe, job))), config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        mu = calculate_shift(int(np.prod(self.grid(pipe, job))), config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
         sigmas = np.linspace(1.0, 1 / steps, steps)
         retrieve_timesteps(scheduler, steps, pipe._execution_device, sigmas=sigmas, mu=mu)
 
@@ -147,10 +149,11 @@ class LTX(Family):
         latents = latents.to(live.cond["prompt_embeds"].dtype)
         timestep = None
         if vae.config.timestep_conditioning:
-            # The pipeline's defaults: decode at timestep 0 with noise scale 0 (the draw still happens).
+            # The pipeline's defaults: decode at timestep 0 with noise scale 0 (the noise is drawn all the same).
             noise = randn_tensor(latents.shape, generator=live.generators, device=latents.device, dtype=latents.dtype)
             timestep = torch.zeros(latents.shape[0], device=latents.device, dtype=latents.dtype)
-            latents = (1 - timestep[:, None, None, None, None]) * latents + timestep[:, None, None, None, None] * noise
+            scale = timestep[:, None, None, None, None]
+            latents = (1 - scale) * latents + scale * noise
         video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
         return [to_uint8(v) for v in pipe.video_processor.postprocess_video(video, output_type="np")]
 

@@ -123,7 +123,8 @@ class Wan21(Family):
         dtype = (pipe.transformer if pipe.transformer is not None else pipe.transformer_2).dtype
         model_input = live.latents.to(dtype)
         timestep = t.expand(live.latents.shape[0])
-        context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": len(scheduler.timesteps)}
+        context = {"step_index": i, "sigma": float(scheduler.sigmas[i]),
+                   "num_inference_steps": len(scheduler.timesteps)}
         with model.cache_context("cond", **context):
             noise = model(hidden_states=model_input, timestep=timestep,
                           encoder_hidden_states=cond["prompt_embeds"].to(dtype), return_dict=False)[0]
