@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
+from farm.cluster_cli import add_cluster_commands
 from farm.errors import FarmError, InvalidInput
 from farm.jobspec import load_job_file, make_job
 from farm.model import JobSpec
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="finish the jobs a stopped run left in --state, from their checkpoints")
     _common(resume)
     # Other modules add their commands here; each sets `func(args) -> exit code`.
+    add_cluster_commands(sub)
     add_tui_command(sub)
     return parser
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from farm.errors import FarmError
+from farm.errors import FarmError, Unreachable
 
 HEAD_NAME = "farm-head"
 PIN_CHARS = 32  # hex characters of SHA-256: 128 bits
@@ -162,7 +162,7 @@ def fetch_pinned_cert(host: str, port: int, expected_pin: str, timeout: float = 
     try:
         pem = ssl.get_server_certificate((host, port), timeout=timeout).encode()
     except (OSError, ssl.SSLError) as e:
-        raise FarmError(f"cannot reach the head at {host}:{port}: {e}") from None
+        raise Unreachable(f"cannot reach the head at {host}:{port}: {e}") from None
     if pin(pem) != expected_pin:
         raise PinMismatch(f"the head at {host}:{port} presented a certificate that the join token does not name "
                           "(wrong address, or someone in the middle): refusing to send the token")

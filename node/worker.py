@@ -36,17 +36,12 @@ class WorkerCommand:
     env: Mapping[str, str]  # added to the agent's environment
 
 
-def ray_start_command(address: str, nodes: Sequence[NodeInfo], ray_token: str, *, node_ip: str | None = None,
-                      num_cpus: int | None = None, ray: str = "ray", wrapper: Sequence[str] = ()) -> WorkerCommand:
-    """`ray start --address ... --resources '{"farm_node:<name>": 16}' --block` for this PC's nodes.
-
-    `--block` keeps `ray start` in the foreground, so the supervisor sees the worker die and its
-    SIGTERM stops the raylet. With a token, Ray's token authentication is on (RAY_AUTH_MODE=token).
-    """
+def _ray_command(role: list[str], nodes: Sequence[NodeInfo], ray_token: str, node_ip: str | None,
+                 num_cpus: int | None, ray: str, wrapper: Sequence[str]) -> WorkerCommand:
     if not nodes:
-        raise ValueError("a worker needs at least one node")
+        raise ValueError("a Ray node of the farm needs at least one farm node (GPU)")
     resources = {NODE_RESOURCE + n.name: NODE_SLOTS for n in nodes}
-    argv = [*wrapper, ray, "start", "--address", address, "--resources", json.dumps(resources, sort_keys=True),
+    argv = [*wrapper, ray, "start", *role, "--resources", json.dumps(resources, sort_keys=True),
             "--num-gpus", str(sum(0 if n.simulated else 1 for n in nodes)), "--block", "--disable-usage-stats"]
     if num_cpus is not None:
         argv += ["--num-cpus", str(num_cpus)]
@@ -56,6 +51,24 @@ def ray_start_command(address: str, nodes: Sequence[NodeInfo], ray_token: str, *
     if env and wrapper:
         env["WSLENV"] = ":".join(f"{k}/u" for k in AUTH_ENV)
     return WorkerCommand(tuple(argv), env)
+
+
+def ray_start_command(address: str, nodes: Sequence[NodeInfo], ray_token: str, *, node_ip: str | None = None,
+                      num_cpus: int | None = None, ray: str = "ray", wrapper: Sequence[str] = ()) -> WorkerCommand:
+    """`ray start --address ... --resources '{"farm_node:<name>": 16}' --block` for this PC's nodes.
+
+    `--block` keeps `ray start` in the foreground, so the supervisor sees the worker die and its
+    SIGTERM stops the raylet. With a token, Ray's token authentication is on (RAY_AUTH_MODE=token).
+    """
+    return _ray_command(["--address", address], nodes, ray_token, node_ip, num_cpus, ray, wrapper)
+
+
+def ray_head_command(port: int, nodes: Sequence[NodeInfo], ray_token: str, *, node_ip: str | None = None,
+                     num_cpus: int | None = None, ray: str = "ray") -> WorkerCommand:
+    """`ray start --head` for the head PC, which is a farm node too; no dashboard (one port less to
+    open, and it would be one more service to protect)."""
+    return _ray_command(["--head", "--port", str(port), "--include-dashboard=false"], nodes, ray_token, node_ip,
+                        num_cpus, ray, ())
 
 
 class Supervisor:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from farm.model import NodeInfo
-from node.worker import NODE_RESOURCE, NODE_SLOTS, Supervisor, WorkerCommand, ray_start_command
+from node.worker import NODE_RESOURCE, NODE_SLOTS, Supervisor, WorkerCommand, ray_head_command, ray_start_command
 
 NODES = (NodeInfo("pc1-gpu0", 24.0, gpu="RTX 4090"), NodeInfo("pc1-gpu1", 12.0, gpu="RTX 3060"))
 
@@ -23,6 +23,14 @@ def test_ray_start_command_advertises_one_resource_per_gpu_with_token_auth() -> 
     assert argv[argv.index("--num-gpus") + 1] == "2" and argv[argv.index("--num-cpus") + 1] == "4"
     assert argv[argv.index("--node-ip-address") + 1] == "10.0.0.7" and "--block" in argv
     assert cmd.env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "ray-secret"}
+
+
+def test_ray_head_command_is_a_node_too_without_dashboard() -> None:
+    cmd = ray_head_command(6379, NODES[:1], "ray-secret", node_ip="10.0.0.1")
+    argv = list(cmd.argv)
+    assert argv[:5] == ["ray", "start", "--head", "--port", "6379"] and "--include-dashboard=false" in argv
+    assert json.loads(argv[argv.index("--resources") + 1]) == {"farm_node:pc1-gpu0": 16.0}
+    assert cmd.env["RAY_AUTH_MODE"] == "token"
 
 
 def test_windows_runs_the_worker_in_wsl_and_forwards_the_token() -> None:

@@ -1,0 +1,175 @@
+"""`farm head`: the head PC's processes wired together.
+
+It starts the Ray head (token authentication on, its own GPU as a farm node) as a supervised
+`ray start --head`, connects the coordinator to it through the Ray executor, serves the coordinator
+as `FarmControl` over TLS with the farm's tokens, runs the head's own agent in process, and admits
+PCs that `farm join`: each joined GPU becomes a node of the executor and the coordinator, and its
+agent is followed for the owner's rules and telemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from farm.agent_links import AgentLinks, NodesWithTelemetry, RemoteAgent
+from farm.control_server import serve_control
+from farm.coordinator import Coordinator, NodeRuntime
+from farm.credentials import HeadCredentials
+from farm.errors import FarmError
+from farm.executor import NODE_RESOURCE, RayExecutor, SegmentWorker
+from farm.membership import Member, Membership, nodes_for
+from farm.model import NodeInfo
+from farm.outputs import PngWriter
+from farm.pki import write_private
+from farm.service import NodeStatus, OwnerPolicy
+from farm.store import Store
+from node.agent import Agent, InProcessHandle
+from node.probe import GpuSource, HostProbe
+from node.worker import Supervisor, ray_head_command
+
+log = logging.getLogger(__name__)
+RAY_CONNECT_S = 120.0
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    home: Path  # FARM_HOME: the head keeps its CA, tokens and members under home/head
+    name: str  # this PC's name as a member of its own farm
+    advertise: str  # the address other PCs reach this one at
+    bind: str = "0.0.0.0"
+    port: int = 7070
+    ray_port: int = 6379
+    out: Path = Path("renders")
+    state: Path | None = None  # the coordinator's store (durable queue); None: in memory
+    policy: OwnerPolicy = field(default_factory=OwnerPolicy)
+    ray: str = "ray"
+
+
+def ray_secret(folder: Path) -> str:
+    """The Ray cluster's token: created once, handed to PCs at join, never printed."""
+    path = folder / "ray-token"
+    if not path.exists():
+        write_private(path, secrets.token_hex(32).encode())
+    return path.read_text().strip()
+
+
+def add_node(coordinator: Coordinator, executor: RayExecutor, info: NodeInfo, home: Path | None) -> None:
+    """Make a joined GPU a node of a running farm: an actor pinned to its resource, a coordinator entry.
+
+    The executor and coordinator are built for a fixed node list; this grows both the way their own
+    constructors fill them (to move into them as `add_node` when they own growth themselves).
+    """
+    with coordinator._lock:
+        known = coordinator.nodes.get(info.name)
+        if known is not None and not known.lost:
+            return
+        remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
+        executor.actors[info.name] = remote.options(num_cpus=0, resources={NODE_RESOURCE + info.name: 1}).remote(
+            info, str(home) if home else None, executor.events)
+        executor._nodes = [n for n in executor._nodes if n.name != info.name] + [info]
+        coordinator.nodes[info.name] = NodeRuntime(info)
+        coordinator._emit("node_joined", node=info.name, message=f"{info.gpu}, {info.vram_gib:g} GiB")
+
+
+class Head:
+    """A running head; `start` returns once it serves, `stop` undoes it in reverse order."""
+
+    def __init__(self, config: HeadConfig, gpus: GpuSource) -> None:
+        self.config = config
+        self.gpus = gpus
+        self.folder = config.home / "head"
+        self.creds = HeadCredentials.load_or_create(self.folder)
+        self.ray_token = ray_secret(self.folder)
+        self.port = 0
+        self._ray: Supervisor | None = None
+        self._server = None
+        self._agent: Agent | None = None
+        self._store: Store | None = None
+        self.coordinator: Coordinator | None = None
+        self.executor: RayExecutor | None = None
+        self.links: AgentLinks | None = None
+        self.membership: Membership | None = None
+
+    @property
+    def ray_address(self) -> str:
+        return f"{self.config.advertise}:{self.config.ray_port}"
+
+    def join_command(self) -> str:
+        return f"farm join {self.config.advertise}:{self.port} --token {self.creds.tokens.farm_token}"
+
+    def start(self) -> None:
+        cfg = self.config
+        probe = HostProbe(self.gpus)
+        own = nodes_for(cfg.name, probe.hardware(), cfg.policy)
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.ray_token})  # this driver's token
+        self._ray = Supervisor(ray_head_command(cfg.ray_port, own, self.ray_token, node_ip=cfg.advertise, ray=cfg.ray),
+                               self.folder / "ray-head.log")
+        self._ray.start()
+        self._connect_ray()
+        self.executor = RayExecutor(own, cfg.home)
+        self._store = Store(cfg.state) if cfg.state is not None else None
+        self.coordinator = Coordinator(self.executor, PngWriter(cfg.out), store=self._store)
+        self.links = AgentLinks(self.coordinator)
+        self.membership = Membership(self.folder, self.creds.ca, self.creds.tokens, self.ray_address, self.ray_token,
+                                     on_join=self._joined, on_remove=self._removed)
+        self._agent = Agent(probe, cfg.policy, None)
+        threading.Thread(target=self._agent.run, name="head-agent", daemon=True).start()
+        self.links.add(cfg.name, tuple(n.name for n in own), InProcessHandle(self._agent))
+        self.coordinator.start()
+        service = NodesWithTelemetry(self.coordinator, self.links)
+        self._server, self.port = serve_control(service, f"{cfg.bind}:{cfg.port}", tls=self.creds.tls,
+                                                tokens=self.creds.tokens, membership=self.membership)
+        write_private(self.folder / "control.port", str(self.port).encode())
+
+    def _connect_ray(self) -> None:
+        deadline = time.monotonic() + RAY_CONNECT_S
+        while True:
+            try:
+                ray.init(address=self.ray_address, logging_level="ERROR", log_to_driver=False)
+                return
+            except (ConnectionError, RuntimeError) as e:
+                if time.monotonic() > deadline:
+                    raise FarmError(f"the Ray head did not start (see {self.folder / 'ray-head.log'}): {e}") from None
+                time.sleep(2)
+
+    def _joined(self, member: Member, node_token: str) -> None:
+        assert self.coordinator is not None and self.executor is not None and self.links is not None
+        for info in member.nodes:
+            add_node(self.coordinator, self.executor, info, self.config.home)
+        self.links.add(member.name, tuple(n.name for n in member.nodes),
+                       RemoteAgent(member, self.creds.ca.cert_pem, node_token))
+
+    def _removed(self, member: Member) -> None:
+        """A removed PC drains (its segment in flight finishes) and its agent is no longer followed."""
+        assert self.coordinator is not None and self.links is not None
+        for info in member.nodes:
+            self.links.command(info.name, NodeStatus.DRAINING, "removed from the farm")
+            try:
+                self.coordinator.drain_node(info.name)
+            except FarmError as e:
+                log.warning("removing %s: %s", info.name, e)
+        self.links.remove(member.name)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=2).wait()
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        if self._agent is not None:
+            self._agent.close()
+        if self.executor is not None:
+            self.executor.shutdown()
+        ray.shutdown()
+        if self._ray is not None:
+            self._ray.stop()
+        if self._store is not None:
+            self._store.close()
+        (self.folder / "control.port").unlink(missing_ok=True)
