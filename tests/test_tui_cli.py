@@ -14,11 +14,6 @@ from tui.cli import connect
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.parametrize("args, message, code", [
     (["tui"], "farm: --head: the dashboard needs a head", 2),
     (["tui", "--head", "localhost"], "farm: HEAD: must be HOST or HOST:PORT", 2),

@@ -24,11 +24,6 @@ SIZE = (120, 40)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def fake() -> FakeFarmService:
     return FakeFarmService()
 

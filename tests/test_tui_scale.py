@@ -20,11 +20,6 @@ JOBS = 10_000
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def table_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """How often the jobs table was changed, by method."""
     calls: Counter[str] = Counter()

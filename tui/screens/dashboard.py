@@ -49,8 +49,8 @@ class DashboardScreen(LiveScreen):
         if changes is None or changes.throughput:
             points = list(store.throughput)
             self.query_one("#throughput", Sparkline).data = points
-            now = f"{points[-1]:.1f}" if points else "–"
-            self.query_one("#throughput-label", Label).update(f"Throughput  {now} sample-steps/s")
+            label = f"Throughput  {points[-1]:.1f} sample-steps/s, peak {max(points):.1f}" if points else "Throughput  –"
+            self.query_one("#throughput-label", Label).update(label)
 
     def _sync_cards(self) -> None:
         grid = self.query_one("#nodes", Grid)
