@@ -17,6 +17,7 @@ import platform
 import shlex
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,12 @@ def farm_home() -> Path:
 def _default_name() -> str:
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in socket.gethostname())
     return cleaned.strip("-")[:64] or "pc"
+
+
+def _ray_executable() -> str:
+    """The `ray` of this Python environment (a venv's bin is often not on PATH under systemd)."""
+    sibling = Path(sys.executable).with_name("ray.exe" if platform.system() == "Windows" else "ray")
+    return str(sibling) if sibling.exists() else "ray"
 
 
 def _owner_args(p: argparse.ArgumentParser) -> None:
@@ -139,11 +146,20 @@ def _lan_address() -> str:
             return "127.0.0.1"
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve_until_stopped(start, stop) -> None:  # type: ignore[no-untyped-def]
+    """Run `start`, wait for Ctrl-C or SIGTERM (systemd), and always run `stop`, even when the
+    signal comes while `start` is still starting Ray, so that no child process is left behind."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        start()
+        signal.signal(signal.SIGTERM, _interrupt)  # again: ray.init installs its own, which skips `stop`
+        threading.Event().wait()
+    finally:
+        stop()
 
 
 def _head(args: argparse.Namespace) -> int:
@@ -153,16 +169,17 @@ def _head(args: argparse.Namespace) -> int:
 
     config = HeadConfig(home=farm_home(), name=node_name("--name", args.name or _default_name()),
                         advertise=args.advertise or _lan_address(), bind=args.bind, port=args.port,
-                        ray_port=args.ray_port, out=args.out, state=args.state, policy=_policy(args))
+                        ray_port=args.ray_port, out=args.out, state=args.state, policy=_policy(args),
+                        ray=_ray_executable())
     head = Head(config, detect_gpus(args.simulate_gpu))
-    try:
+
+    def start() -> None:
         head.start()
         print(f"farm head {config.name} serving on port {head.port}; outputs in {config.out}", flush=True)
         print("On each other PC run:", flush=True)
         print(f"  {head.join_command()}", flush=True)
-        _wait_for_signal()
-    finally:
-        head.stop()
+
+    _serve_until_stopped(start, head.stop)
     return 0
 
 
@@ -172,14 +189,15 @@ def _join(args: argparse.Namespace) -> int:
 
     wrapper = tuple(shlex.split(args.ray_wrapper)) or (("wsl.exe", "--") if platform.system() == "Windows" else ())
     config = JoinConfig(head=args.head_address, token=args.token, name=args.name or _default_name(), home=farm_home(),
-                        listen=args.listen, advertise=args.advertise, policy=_policy(args), wrapper=wrapper)
+                        listen=args.listen, advertise=args.advertise, policy=_policy(args), wrapper=wrapper,
+                        ray="ray" if wrapper else _ray_executable())
     node = JoinedNode(config, detect_gpus(args.simulate_gpu))
-    try:
+
+    def start() -> None:
         node.start()
-        print(f"joined {args.head_address} as {', '.join(node.node_names)}; agent on {args.listen}", flush=True)
-        _wait_for_signal()
-    finally:
-        node.stop()
+        print(f"joined {args.head_address} as {', '.join(node.node_names)}; agent on {node.agent_address}", flush=True)
+
+    _serve_until_stopped(start, node.stop)
     return 0
 
 

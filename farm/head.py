@@ -61,6 +61,21 @@ def ray_secret(folder: Path) -> str:
     return path.read_text().strip()
 
 
+def _use_ray_token(token: str) -> None:
+    """Make this process (the coordinator, a Ray driver) present the cluster's token.
+
+    Ray reads the mode and the token once per process; the reset is the one its own test utilities
+    (`ray._private.authentication_test_utils`) use, so a driver started before the token was known
+    picks it up too.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def add_node(coordinator: Coordinator, executor: RayExecutor, info: NodeInfo, home: Path | None) -> None:
     """Make a joined GPU a node of a running farm: an actor pinned to its resource, a coordinator entry.
 
@@ -109,7 +124,7 @@ class Head:
         cfg = self.config
         probe = HostProbe(self.gpus)
         own = nodes_for(cfg.name, probe.hardware(), cfg.policy)
-        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.ray_token})  # this driver's token
+        _use_ray_token(self.ray_token)
         self._ray = Supervisor(ray_head_command(cfg.ray_port, own, self.ray_token, node_ip=cfg.advertise, ray=cfg.ray),
                                self.folder / "ray-head.log")
         self._ray.start()
@@ -133,7 +148,8 @@ class Head:
         deadline = time.monotonic() + RAY_CONNECT_S
         while True:
             try:
-                ray.init(address=self.ray_address, logging_level="ERROR", log_to_driver=False)
+                ray.init(address=self.ray_address, _node_ip_address=self.config.advertise, logging_level="ERROR",
+                         log_to_driver=False)
                 return
             except (ConnectionError, RuntimeError) as e:
                 if time.monotonic() > deadline:
@@ -159,17 +175,20 @@ class Head:
         self.links.remove(member.name)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace=2).wait()
-        if self.coordinator is not None:
-            self.coordinator.stop()
-        if self._agent is not None:
-            self._agent.close()
-        if self.executor is not None:
-            self.executor.shutdown()
-        ray.shutdown()
-        if self._ray is not None:
-            self._ray.stop()
-        if self._store is not None:
-            self._store.close()
-        (self.folder / "control.port").unlink(missing_ok=True)
+        """Stop everything that started, last first; one failing step (Ray already gone) does not
+        keep the others, above all the Ray head process, from stopping."""
+        steps = [
+            lambda: self._server.stop(grace=2).wait() if self._server is not None else None,
+            lambda: self.coordinator.stop() if self.coordinator is not None else None,
+            lambda: self._agent.close() if self._agent is not None else None,
+            lambda: self.executor.shutdown() if self.executor is not None else None,
+            ray.shutdown,
+            lambda: self._ray.stop() if self._ray is not None else None,
+            lambda: self._store.close() if self._store is not None else None,
+            lambda: (self.folder / "control.port").unlink(missing_ok=True),
+        ]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("while stopping the head")

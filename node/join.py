@@ -90,6 +90,7 @@ class JoinedNode:
         self.server: grpc.Server | None = None
         self.agent: Agent | None = None
         self.grant: JoinGrant | None = None
+        self.agent_address = ""
 
     def start(self) -> None:
         host, port = _listen_port(self.cfg.listen)
@@ -102,6 +103,7 @@ class JoinedNode:
             worker = Supervisor(command, self.folder / "ray-worker.log")
         self.agent = Agent(self.probe, self.cfg.policy, worker)
         self.agent.tick()
+        self.agent_address = f"{host}:{port}"
         self.server, _ = serve_agent(self.agent, f"{host}:{port}", tls=TlsIdentity(key_pem, self.grant.cert_pem),
                                      node_token=self.grant.node_token)
         threading.Thread(target=self.agent.run, name="agent", daemon=True).start()

@@ -1,0 +1,107 @@
+"""A farm of two processes on loopback, as two PCs would run it: `farm head` (Ray head with token
+auth, coordinator, FarmControl over TLS) and `farm join` (agent, supervised Ray worker). The head's
+own node is paused, so the job can only render on the joined PC; its provenance must say so."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.outputs import read_provenance
+
+pytestmark = pytest.mark.slow
+JOB = 'model = "demo-tiny"\nprompts = ["a red circle"]\nseeds = 1\nsteps = 4\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Farm:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def env(self, home: str) -> dict[str, str]:
+        return {**os.environ, "FARM_HOME": str(self.root / home), "OMP_NUM_THREADS": "1"}
+
+    def spawn(self, home: str, *args: str) -> subprocess.Popen[str]:
+        log = open(self.root / f"{home}.log", "w")  # noqa: SIM115 (kept open for the child)
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", *args], env=self.env(home), cwd=self.root,
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "farm.cli", *args], env=self.env("head"), cwd=self.root,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def read_line(proc: subprocess.Popen[str], startswith: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode} before printing {startswith!r}")
+        if line.strip().startswith(startswith):
+            return line.strip()
+    raise AssertionError(f"no line starting with {startswith!r} within {timeout} s")
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Iterator[Farm]:
+    f = Farm(tmp_path)
+    yield f
+    f.stop()
+
+
+def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm) -> None:
+    head = farm.spawn("head", "head", "--advertise", "127.0.0.1", "--bind", "127.0.0.1", "--port", "0",
+                      "--ray-port", str(free_port()), "--simulate-gpu", "8", "--name", "headpc", "--out", "out")
+    join_cmd = read_line(head, "farm join", timeout=240).split()
+    address, token = join_cmd[2], join_cmd[4]
+    joined = farm.spawn("pc2", "join", address, "--token", token, "--simulate-gpu", "12", "--name", "pc2",
+                        "--listen", "127.0.0.1:0")
+    read_line(joined, "joined", timeout=120)
+
+    # Keep the work off the head's own node: the job must render on the joined PC.
+    assert farm.cli("node", "pause", "headpc").returncode == 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        nodes = {n["name"]: n for n in map(json.loads, farm.cli("nodes", "--json").stdout.splitlines())}
+        if nodes.get("pc2", {}).get("status") == "idle" and nodes["headpc"]["status"] == "paused":
+            break
+        time.sleep(1)
+    assert nodes["pc2"]["gpu"] == "simulated 12 GiB (CPU)"
+
+    (farm.root / "job.toml").write_text(JOB)
+    r = farm.cli("submit", "job.toml", timeout=400)
+    assert r.returncode == 0, r.stderr + (farm.root / "head.log").read_text()[-3000:]
+    status, *outputs = r.stdout.splitlines()
+    assert status.endswith("done: 1/1 samples") and len(outputs) == 1
+    runs = read_provenance(farm.root / outputs[0])
+    assert {run["node"] for run in runs["segments"]} == {"pc2"}, runs  # type: ignore[attr-defined]
+
+    bad = farm.cli("jobs", "--head", address, "--token", token[:-4] + "XXXX")
+    assert bad.returncode == 1 and "refused the token" in bad.stderr
