@@ -56,6 +56,8 @@ def _owner_args(p: argparse.ArgumentParser) -> None:
                    help="owner's rule: pause while this program (a game) runs (repeatable)")
     p.add_argument("--allow-other-gpu-programs", action="store_true",
                    help="owner's rule: do not pause when another program uses the GPU")
+    p.add_argument("--ray-ports-from", type=int, default=None, metavar="PORT",
+                   help="pin Ray's ports on this PC to PORT..PORT+99 (one range to open in a firewall)")
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -170,7 +172,7 @@ def _head(args: argparse.Namespace) -> int:
     config = HeadConfig(home=farm_home(), name=node_name("--name", args.name or _default_name()),
                         advertise=args.advertise or _lan_address(), bind=args.bind, port=args.port,
                         ray_port=args.ray_port, out=args.out, state=args.state, policy=_policy(args),
-                        ray=_ray_executable())
+                        ray=_ray_executable(), ray_ports_from=args.ray_ports_from)
     head = Head(config, detect_gpus(args.simulate_gpu))
 
     def start() -> None:
@@ -190,7 +192,7 @@ def _join(args: argparse.Namespace) -> int:
     wrapper = tuple(shlex.split(args.ray_wrapper)) or (("wsl.exe", "--") if platform.system() == "Windows" else ())
     config = JoinConfig(head=args.head_address, token=args.token, name=args.name or _default_name(), home=farm_home(),
                         listen=args.listen, advertise=args.advertise, policy=_policy(args), wrapper=wrapper,
-                        ray="ray" if wrapper else _ray_executable())
+                        ray="ray" if wrapper else _ray_executable(), ray_ports_from=args.ray_ports_from)
     node = JoinedNode(config, detect_gpus(args.simulate_gpu))
 
     def start() -> None:

@@ -51,6 +51,7 @@ class HeadConfig:
     state: Path | None = None  # the coordinator's store (durable queue); None: in memory
     policy: OwnerPolicy = field(default_factory=OwnerPolicy)
     ray: str = "ray"
+    ray_ports_from: int | None = None  # pin Ray's per-node ports to a range (see node.worker.fixed_ports)
 
 
 def ray_secret(folder: Path) -> str:
@@ -125,7 +126,8 @@ class Head:
         probe = HostProbe(self.gpus)
         own = nodes_for(cfg.name, probe.hardware(), cfg.policy)
         _use_ray_token(self.ray_token)
-        self._ray = Supervisor(ray_head_command(cfg.ray_port, own, self.ray_token, node_ip=cfg.advertise, ray=cfg.ray),
+        self._ray = Supervisor(ray_head_command(cfg.ray_port, own, self.ray_token, node_ip=cfg.advertise, ray=cfg.ray,
+                                                ports_from=cfg.ray_ports_from),
                                self.folder / "ray-head.log")
         self._ray.start()
         self._connect_ray()

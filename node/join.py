@@ -43,6 +43,7 @@ class JoinConfig:
     policy: OwnerPolicy = OwnerPolicy()
     wrapper: tuple[str, ...] = ()  # e.g. ("wsl.exe", "--") on Windows
     ray: str = "ray"
+    ray_ports_from: int | None = None  # pin Ray's per-node ports to a range (see node.worker.fixed_ports)
     start_worker: bool = True
 
 
@@ -99,7 +100,8 @@ class JoinedNode:
         worker = None
         if self.cfg.start_worker:
             command = ray_start_command(self.grant.ray_address, self.grant.nodes, self.grant.ray_token,
-                                        node_ip=self.cfg.advertise or None, ray=self.cfg.ray, wrapper=self.cfg.wrapper)
+                                        node_ip=self.cfg.advertise or None, ray=self.cfg.ray, wrapper=self.cfg.wrapper,
+                                        ports_from=self.cfg.ray_ports_from)
             worker = Supervisor(command, self.folder / "ray-worker.log")
         self.agent = Agent(self.probe, self.cfg.policy, worker)
         self.agent.tick()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.errors import InvalidInput
 from farm.model import NodeInfo
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,19 @@ class WorkerCommand:
     env: Mapping[str, str]  # added to the agent's environment
 
 
+def fixed_ports(first: int) -> list[str]:
+    """Ray's per-node ports pinned to `first`..`first + 99`, so that a firewall can open one range
+    between farm PCs instead of everything (Ray otherwise picks free ports at random)."""
+    if not 1024 <= first <= 65535 - 99:
+        raise InvalidInput("--ray-ports-from", f"must be from 1024 to {65535 - 99}, got {first}")
+    named = ("--node-manager-port", "--object-manager-port", "--runtime-env-agent-port",
+             "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--metrics-export-port")
+    args = [a for i, flag in enumerate(named) for a in (flag, str(first + i))]
+    return [*args, "--min-worker-port", str(first + 10), "--max-worker-port", str(first + 99)]
+
+
 def _ray_command(role: list[str], nodes: Sequence[NodeInfo], ray_token: str, node_ip: str | None,
-                 num_cpus: int | None, ray: str, wrapper: Sequence[str]) -> WorkerCommand:
+                 num_cpus: int | None, ray: str, wrapper: Sequence[str], ports_from: int | None) -> WorkerCommand:
     if not nodes:
         raise ValueError("a Ray node of the farm needs at least one farm node (GPU)")
     resources = {NODE_RESOURCE + n.name: NODE_SLOTS for n in nodes}
@@ -47,6 +59,8 @@ def _ray_command(role: list[str], nodes: Sequence[NodeInfo], ray_token: str, nod
         argv += ["--num-cpus", str(num_cpus)]
     if node_ip:
         argv += ["--node-ip-address", node_ip]
+    if ports_from is not None:
+        argv += fixed_ports(ports_from)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token} if ray_token else {}
     if env and wrapper:
         env["WSLENV"] = ":".join(f"{k}/u" for k in AUTH_ENV)
@@ -54,21 +68,22 @@ def _ray_command(role: list[str], nodes: Sequence[NodeInfo], ray_token: str, nod
 
 
 def ray_start_command(address: str, nodes: Sequence[NodeInfo], ray_token: str, *, node_ip: str | None = None,
-                      num_cpus: int | None = None, ray: str = "ray", wrapper: Sequence[str] = ()) -> WorkerCommand:
+                      num_cpus: int | None = None, ray: str = "ray", wrapper: Sequence[str] = (),
+                      ports_from: int | None = None) -> WorkerCommand:
     """`ray start --address ... --resources '{"farm_node:<name>": 16}' --block` for this PC's nodes.
 
     `--block` keeps `ray start` in the foreground, so the supervisor sees the worker die and its
     SIGTERM stops the raylet. With a token, Ray's token authentication is on (RAY_AUTH_MODE=token).
     """
-    return _ray_command(["--address", address], nodes, ray_token, node_ip, num_cpus, ray, wrapper)
+    return _ray_command(["--address", address], nodes, ray_token, node_ip, num_cpus, ray, wrapper, ports_from)
 
 
 def ray_head_command(port: int, nodes: Sequence[NodeInfo], ray_token: str, *, node_ip: str | None = None,
-                     num_cpus: int | None = None, ray: str = "ray") -> WorkerCommand:
+                     num_cpus: int | None = None, ray: str = "ray", ports_from: int | None = None) -> WorkerCommand:
     """`ray start --head` for the head PC, which is a farm node too; no dashboard (one port less to
     open, and it would be one more service to protect)."""
     return _ray_command(["--head", "--port", str(port), "--include-dashboard=false"], nodes, ray_token, node_ip,
-                        num_cpus, ray, ())
+                        num_cpus, ray, (), ports_from)
 
 
 class Supervisor:

@@ -33,6 +33,14 @@ def test_ray_head_command_is_a_node_too_without_dashboard() -> None:
     assert cmd.env["RAY_AUTH_MODE"] == "token"
 
 
+def test_fixed_ports_give_a_firewall_one_range() -> None:
+    argv = list(ray_start_command("h:6379", NODES, "t", ports_from=7100).argv)
+    assert argv[argv.index("--node-manager-port") + 1] == "7100" and argv[argv.index("--max-worker-port") + 1] == "7199"
+    ports = [int(argv[i + 1]) for i, a in enumerate(argv) if a.endswith("-port")]
+    assert len(ports) == 8 and all(7100 <= p <= 7199 for p in ports)
+    assert "--node-manager-port" not in ray_start_command("h:6379", NODES, "t").argv
+
+
 def test_windows_runs_the_worker_in_wsl_and_forwards_the_token() -> None:
     cmd = ray_start_command("h:6379", [NodeInfo("sim", 8.0, simulated=True)], "t", wrapper=["wsl.exe", "--"])
     assert cmd.argv[:4] == ("wsl.exe", "--", "ray", "start")
