@@ -26,11 +26,13 @@ class GpuSample:
 
 @dataclass(frozen=True)
 class ProcessSample:
-    """A running program; `uses_gpu` when the driver lists it as holding GPU memory."""
+    """A running program; `uses_gpu` when the driver lists it as holding GPU memory, and how much
+    (0 where the driver does not say, e.g. Windows' WDDM)."""
 
     pid: int
     name: str
     uses_gpu: bool = False
+    gpu_gib: float = 0.0
 
 
 @dataclass(frozen=True)

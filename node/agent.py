@@ -71,7 +71,8 @@ class Agent:
         """One reading, decision and worker action (the loop calls this every interval)."""
         reading = self.probe.telemetry()
         own = process_tree(self.worker.pid if self.worker else None)
-        farm_vram = 0.0  # per-process VRAM is not portable (WDDM hides it); the cap also sizes the budget
+        # Where the driver reports per-process memory (Linux); elsewhere the cap still sizes the budget.
+        farm_vram = sum(p.gpu_gib for p in reading.processes if p.pid in own)
         pause, drain = rules.reasons(self._state.policy, reading.processes, reading.gpus, self._minute(), own, farm_vram)
         with self._cv:
             before = self._state.held.status

@@ -26,8 +26,8 @@ GIB = 1024**3
 class GpuSource(Protocol):
     def gpus(self) -> tuple[GpuSample, ...]: ...
 
-    def gpu_pids(self) -> set[int]:
-        """Processes holding memory on any of these GPUs."""
+    def gpu_memory(self) -> dict[int, float]:
+        """GiB each process holds on these GPUs (0.0 where the driver does not say)."""
 
 
 class SimulatedGpus:
@@ -39,8 +39,8 @@ class SimulatedGpus:
     def gpus(self) -> tuple[GpuSample, ...]:
         return self._gpus
 
-    def gpu_pids(self) -> set[int]:
-        return set()
+    def gpu_memory(self) -> dict[int, float]:
+        return {}
 
 
 class NvmlGpus:
@@ -82,13 +82,14 @@ class NvmlGpus:
                 power_w=power / 1000 if power is not None else None))
         return tuple(out)
 
-    def gpu_pids(self) -> set[int]:
+    def gpu_memory(self) -> dict[int, float]:
         nv = self._nvml
-        pids: set[int] = set()
+        held: dict[int, float] = {}
         for h in self._handles:
             for fn in (nv.nvmlDeviceGetComputeRunningProcesses, nv.nvmlDeviceGetGraphicsRunningProcesses):
-                pids.update(p.pid for p in self._optional(fn, h) or ())
-        return pids
+                for p in self._optional(fn, h) or ():
+                    held[p.pid] = held.get(p.pid, 0.0) + (p.usedGpuMemory or 0) / GIB
+        return held
 
 
 def detect_gpus(simulate: Sequence[float] | None = None) -> GpuSource:
@@ -117,8 +118,9 @@ class HostProbe:
                         gpus=self.gpu_source.gpus())
 
     def telemetry(self) -> Telemetry:
-        on_gpu = self.gpu_source.gpu_pids()
-        processes = tuple(ProcessSample(p.info["pid"], p.info["name"] or "", p.info["pid"] in on_gpu)
+        held = self.gpu_source.gpu_memory()
+        processes = tuple(ProcessSample(p.info["pid"], p.info["name"] or "", p.info["pid"] in held,
+                                        held.get(p.info["pid"], 0.0))
                           for p in psutil.process_iter(["pid", "name"]))
         ram = psutil.virtual_memory()
         return Telemetry(time=time.time(), gpus=self.gpu_source.gpus(), cpu_percent=psutil.cpu_percent(None),

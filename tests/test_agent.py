@@ -168,3 +168,15 @@ def test_agent_certificate_names_its_node(peer: AgentPeer, tmp_path: Path) -> No
     with pytest.raises(grpc.RpcError) as e:
         peer.stub(roots=stranger).Describe(agent_pb2.DescribeRequest(), metadata=bearer(peer.token), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_farm_over_the_owners_vram_cap_pauses(worker: Supervisor) -> None:
+    probe, clock = FakeProbe(), Clock()
+    agent = Agent(probe, POLICY, worker, clock=clock, minute_of_day=lambda: 600)
+    agent.tick()
+    assert _wait(lambda: worker.pid is not None)
+    probe.processes = [ProcessSample(worker.pid, "raylet", True, 6.0)]  # type: ignore[arg-type]
+    assert agent.tick().status == NodeStatus.IDLE
+    probe.processes = [ProcessSample(worker.pid, "raylet", True, 10.5)]  # type: ignore[arg-type]
+    snap = agent.tick()
+    assert snap.status == NodeStatus.PAUSED and "over the owner's cap of 10 GiB" in snap.reason
