@@ -57,11 +57,11 @@ class AgentHandle(Protocol):
 class RemoteAgent:
     """A joined PC's agent over TLS (the farm CA, its `node-<name>` certificate) with its node token."""
 
-    def __init__(self, member: Member, ca_pem: bytes, node_token: str) -> None:
+    def __init__(self, member: Member, ca_pem: bytes) -> None:
         host, port = split_address(member.agent_address, 0)
         self._channel = open_channel(host, port, ca_pem, node_host(member.name))
         self._stub = agent_pb2_grpc.NodeAgentStub(self._channel)
-        self._metadata = bearer(node_token)
+        self._metadata = bearer(member.token)
         self._stream: grpc.Future | None = None
 
     def follow(self) -> Iterator[Reading]:
@@ -140,6 +140,9 @@ class AgentLinks:
                 if stop.is_set():
                     return
                 log.warning("lost the agent of %s (%s); retrying in %.0f s", pc, e, RETRY_S)
+                if applied != NodeStatus.PAUSED:  # a PC that cannot be reached gets no new work
+                    self._apply(nodes, Reading(NodeStatus.PAUSED, "agent unreachable", (), OwnerPolicy()))
+                applied = None  # the first reading after reconnecting is applied whatever it says
             stop.wait(RETRY_S)
 
     def _apply(self, nodes: tuple[str, ...], reading: Reading) -> None:

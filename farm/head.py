@@ -137,6 +137,8 @@ class Head:
         self.links = AgentLinks(self.coordinator)
         self.membership = Membership(self.folder, self.creds.ca, self.creds.tokens, self.ray_address, self.ray_token,
                                      on_join=self._joined, on_remove=self._removed)
+        for member in self.membership.members():  # PCs that joined before a restart: their workers reconnect
+            self._joined(member)
         self._agent = Agent(probe, cfg.policy, None)
         threading.Thread(target=self._agent.run, name="head-agent", daemon=True).start()
         self.links.add(cfg.name, tuple(n.name for n in own), InProcessHandle(self._agent))
@@ -158,12 +160,12 @@ class Head:
                     raise FarmError(f"the Ray head did not start (see {self.folder / 'ray-head.log'}): {e}") from None
                 time.sleep(2)
 
-    def _joined(self, member: Member, node_token: str) -> None:
+    def _joined(self, member: Member) -> None:
         assert self.coordinator is not None and self.executor is not None and self.links is not None
         for info in member.nodes:
             add_node(self.coordinator, self.executor, info, self.config.home)
         self.links.add(member.name, tuple(n.name for n in member.nodes),
-                       RemoteAgent(member, self.creds.ca.cert_pem, node_token))
+                       RemoteAgent(member, self.creds.ca.cert_pem))
 
     def _removed(self, member: Member) -> None:
         """A removed PC drains (its segment in flight finishes) and its agent is no longer followed."""

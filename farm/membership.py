@@ -10,24 +10,26 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from farm.auth import TokenStore
 from farm.errors import InvalidInput, NotFound, Unauthenticated
 from farm.hardware import Hardware
 from farm.model import NodeInfo
-from farm.pki import FarmCA, node_host
+from farm.pki import FarmCA, node_host, write_private
 from farm.service import OwnerPolicy
 
 
 @dataclass(frozen=True)
 class Member:
-    """A joined PC: its agent's address and the nodes (GPUs) it brings."""
+    """A joined PC: its agent's address, the nodes (GPUs) it brings, and the node token the head
+    presents to its agent (kept, 0600, so that a restarted head reaches its PCs again)."""
 
     name: str
     agent_address: str
     nodes: tuple[NodeInfo, ...]
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Membership:
     """Joins and removals; `on_join`/`on_remove` tell the rest of the head (coordinator, agent links)."""
 
     def __init__(self, folder: Path, ca: FarmCA, tokens: TokenStore, ray_address: str, ray_token: str,
-                 on_join: Callable[[Member, str], None] | None = None,
+                 on_join: Callable[[Member], None] | None = None,
                  on_remove: Callable[[Member], None] | None = None) -> None:
         self._path = folder / "members.json"
         self._ca = ca
@@ -86,12 +88,12 @@ class Membership:
         nodes = nodes_for(name, hardware, policy)
         cert = self._ca.issue(csr_pem, node_host(name))
         token = self.tokens.issue_node_token(name)
-        member = Member(name, agent_address, nodes)
+        member = Member(name, agent_address, nodes, token)
         with self._lock:
             self._members[name] = member
             self._save()
         if self._on_join:
-            self._on_join(member, token)
+            self._on_join(member)
         return JoinGrant(token, self._ca.cert_pem, cert, self._ray_address, self._ray_token, nodes)
 
     def remove(self, name: str) -> Member:
@@ -108,4 +110,4 @@ class Membership:
 
     def _save(self) -> None:
         rows = [{**asdict(m), "nodes": [asdict(n) for n in m.nodes]} for m in self._members.values()]
-        self._path.write_text(json.dumps(rows, indent=1))
+        write_private(self._path, json.dumps(rows, indent=1).encode())

@@ -44,8 +44,8 @@ def test_owner_rules_reach_the_coordinator_and_operator_commands_reach_the_agent
     links = AgentLinks(farm)
     head = NodesWithTelemetry(farm, links)
     try:
-        links.add("pc1", ("pc1",), RemoteAgent(Member("pc1", f"127.0.0.1:{port}", (NodeInfo("pc1", 12.0),)),
-                                               ca.cert_pem, "tok"))
+        links.add("pc1", ("pc1",), RemoteAgent(Member("pc1", f"127.0.0.1:{port}", (NodeInfo("pc1", 12.0),), "tok"),
+                                               ca.cert_pem))
         assert _wait(lambda: links.reading("pc1") is not None)
         view = next(v for v in head.list_nodes() if v.info.name == "pc1")
         assert view.policy.pause_programs == ("eldenring.exe",) and view.status == NodeStatus.IDLE
@@ -65,6 +65,9 @@ def test_owner_rules_reach_the_coordinator_and_operator_commands_reach_the_agent
         assert agent.latest(0, 0).status == NodeStatus.IDLE
         kinds = [e.kind for e in farm.log]
         assert kinds.count("node_draining") == 1  # the agent's echo of the operator's drain is not applied twice
+
+        server.stop(None)  # the PC goes away: it gets no new work until its agent answers again
+        assert _wait(lambda: status(farm, "pc1") == NodeStatus.PAUSED)
     finally:
         links.remove("pc1")
         server.stop(None)

@@ -34,7 +34,7 @@ class Head:
         self.joined: list[str] = []
         self.removed: list[str] = []
         self.members = Membership(folder, self.creds.ca, self.creds.tokens, "10.0.0.1:6379", "ray-secret",
-                                  on_join=lambda m, _t: self.joined.append(m.name),
+                                  on_join=lambda m: self.joined.append(m.name),
                                   on_remove=lambda m: self.removed.append(m.name))
         self.server, self.port = serve_control(self.farm, "127.0.0.1:0", tls=self.creds.tls,
                                                tokens=self.creds.tokens, membership=self.members)
@@ -113,6 +113,11 @@ def test_join_issues_a_node_certificate_and_the_ray_address(head: Head) -> None:
     with pytest.raises(Unauthenticated):
         head.client(token=again.node_token).list_jobs()
     assert head.joined == ["pc3", "pc3"]
+    # A restarted head knows its PCs again, with the token to reach each agent; only its owner can read it.
+    folder = head.creds.folder
+    reloaded = Membership(folder, head.creds.ca, head.creds.tokens, "10.0.0.1:6379", "ray-secret").members()
+    assert reloaded == head.members.members() and reloaded[0].token == again.node_token
+    assert (folder / "members.json").stat().st_mode & 0o077 == 0
 
 
 def test_removed_node_cannot_join_again_with_its_token(head: Head) -> None:
