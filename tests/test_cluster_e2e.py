@@ -105,3 +105,7 @@ def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm) -> None:
 
     bad = farm.cli("jobs", "--head", address, "--token", token[:-4] + "XXXX")
     assert bad.returncode == 1 and "refused the token" in bad.stderr
+
+    assert farm.cli("node", "remove", "pc2").returncode == 0  # it drains and takes no more work
+    nodes = {n["name"]: n for n in map(json.loads, farm.cli("nodes", "--json").stdout.splitlines())}
+    assert nodes["pc2"]["status"] == "draining"
