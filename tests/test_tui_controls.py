@@ -16,7 +16,9 @@ from tui.app import FarmApp, make_app
 from tui.dialogs import ConfirmScreen, SubmitScreen
 from tui.jobs_table import JobsTable
 from tui.node_card import NodeCard
+from tui.screens.event_log import EventLogScreen
 from tui.screens.job_detail import JobDetailScreen
+from tui.screens.jobs import JobsScreen
 from tui.screens.node_detail import NodeDetailScreen
 
 pytestmark = pytest.mark.anyio
@@ -108,14 +110,27 @@ async def test_move_keys_move_the_job_and_the_cursor_stays_on_it(fake: FakeFarmS
         assert fake.calls[-1] == ("move_job", "j3", 1) and table.selected_id == "j3"
 
 
+async def test_keys_that_make_no_sense_for_the_state_are_dimmed_and_do_nothing(fake: FakeFarmService) -> None:
+    app = app_for(fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, 4)  # j6 done: nothing to resume, retry, cancel or move
+        await pilot.press("r", "t", "c", "shift+up")
+        await settle(pilot)
+        assert fake.calls == [] and not isinstance(app.screen, ConfirmScreen)
+        assert "r Resume" in screen_text(app)  # still listed in the footer, dimmed
+        assert app.screen.check_action("resume_job", ()) is None
+        await pilot.press("down")  # j5 failed: retry is live now
+        assert app.screen.check_action("retry_job", ()) is True
+
+
 async def test_a_refused_control_shows_the_service_message(fake: FakeFarmService) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
-        await open_jobs(pilot, 4)  # j6 done: cannot be resumed
-        await pilot.press("r")
+        await open_jobs(pilot, 3)  # j4 paused: the UI lets it move, this service refuses
+        await pilot.press("shift+up")
         await settle(pilot)
-        assert fake.calls == [("resume_job", "j6")]
-        assert [n.message for n in app._notifications] == ["job: j6 is done"]
+        assert fake.calls == [("move_job", "j4", -1)]
+        assert [n.message for n in app._notifications] == ["job: j4 is paused, not queued"]
 
 
 async def test_node_keys_on_the_focused_card(fake: FakeFarmService) -> None:
@@ -211,3 +226,28 @@ async def test_live_events_update_the_table_without_a_full_read(fake: FakeFarmSe
         assert cell(table, "j2", "progress").endswith("50%")
         assert app.store.nodes["pc-ben"].status == NodeStatus.BUSY
         assert fake.reads["list_jobs"] == reads  # one get_job, not the whole list
+
+
+async def test_a_slow_service_never_blocks_the_keyboard(fake: FakeFarmService) -> None:
+    fake.gate.clear()  # list_jobs hangs until the gate opens
+    app = app_for(fake)
+    async with app.run_test(size=SIZE) as pilot:
+        try:
+            await pilot.press("3")
+            await until(pilot, lambda: isinstance(app.screen, EventLogScreen))
+            await pilot.press("2")
+            await until(pilot, lambda: isinstance(app.screen, JobsScreen))
+            assert fake.reads["list_jobs"] == 0  # the full read still hangs, the keys were answered
+        finally:
+            fake.gate.set()  # or the app's exit would wait for the hung read forever
+        await until(pilot, lambda: app.screen.query_one(JobsTable).row_count == 6)
+
+
+async def test_an_unreachable_head_is_shown_in_the_header_until_it_answers(fake: FakeFarmService) -> None:
+    app = make_app(fake, head="head.lan:7070", refresh_interval=0.05, poll_timeout=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        fake.down = "cannot reach the head at head.lan:7070: connection refused"
+        await until(pilot, lambda: app.sub_title == f"head.lan:7070 · {fake.down}")
+        fake.down = ""
+        await until(pilot, lambda: app.sub_title == "head.lan:7070")

@@ -10,7 +10,7 @@ from io import BytesIO
 
 from PIL import Image
 
-from farm.errors import InvalidInput
+from farm.errors import InvalidInput, Unreachable
 from farm.jobspec import make_job
 from farm.model import JobSpec, JobStatus, NodeInfo
 from farm.service import Event, JobView, NodeShare, NodeStatus, NodeView, OwnerPolicy, ShardView
@@ -91,6 +91,9 @@ class FakeFarmService:
         self.previews = {("j1", 0): gradient_png(), ("j1", 1): gradient_png(16)}
         self.calls: list[tuple[object, ...]] = []
         self.reads: Counter[str] = Counter()
+        self.down = ""  # when set, every read fails with this message, like a head that went away
+        self.gate = threading.Event()  # list_jobs waits for it: clear it to play a slow head
+        self.gate.set()
         self._cv = threading.Condition()
 
     # ----- what tests do to the farm ------------------------------------------------------------
@@ -122,7 +125,9 @@ class FakeFarmService:
         return job_id
 
     def list_jobs(self) -> list[JobView]:
+        self.gate.wait()
         with self._cv:
+            self._check_up()
             self.reads["list_jobs"] += 1
             return list(self.jobs.values())
 
@@ -166,6 +171,7 @@ class FakeFarmService:
 
     def list_nodes(self) -> list[NodeView]:
         with self._cv:
+            self._check_up()
             self.reads["list_nodes"] += 1
             return list(self.nodes.values())
 
@@ -180,6 +186,7 @@ class FakeFarmService:
 
     def events(self, after: int, timeout: float = 0.0) -> list[Event]:
         with self._cv:
+            self._check_up()
             self._cv.wait_for(lambda: bool(self.log) and self.log[-1].seq > after, timeout)
             return [e for e in self.log if e.seq > after]
 
@@ -189,6 +196,10 @@ class FakeFarmService:
             return self.previews.get((job_id, sample))
 
     # ----- helpers ------------------------------------------------------------------------------
+
+    def _check_up(self) -> None:
+        if self.down:
+            raise Unreachable(self.down)
 
     def _job(self, job_id: str) -> JobView:
         if job_id not in self.jobs:

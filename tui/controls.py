@@ -2,8 +2,9 @@
 
 Textual merges BINDINGS only from widget classes, so the key lists are constants each screen adds
 to its own BINDINGS, and the actions live in mixins that only need to know which job or node is
-selected. Every call to the service runs in a worker (`FarmApp.act`); destructive ones (cancel,
-drain) ask first.
+selected. A key is dimmed in the footer where its action makes no sense for the selection's state.
+Every call to the service runs in a worker (`FarmApp.act`); destructive ones (cancel, drain) ask
+first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING, cast
 from textual.binding import Binding
 from textual.dom import DOMNode
 
-from farm.service import JobView, NodeView
+from farm.model import JobStatus
+from farm.service import JobView, NodeStatus, NodeView
+from farm.transitions import LEGAL
 
 if TYPE_CHECKING:
     from tui.app import FarmApp
@@ -32,11 +35,31 @@ JOB_BINDINGS = [
     Binding("shift+down", "move(1)", "Down", key_display="⇧↓"),
 ]
 
+# The job states in which each action makes sense; in others its key is shown dimmed and does nothing.
+# Cancel and pause follow farm.transitions (the service's own rule); resume and retry are the two
+# ways out of paused and failed.
+WAITING = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED})
+JOB_ACTIONS: dict[str, frozenset[JobStatus]] = {
+    "cancel_job": frozenset(s for s in JobStatus if JobStatus.CANCELLED in LEGAL[s]),
+    "pause_job": frozenset(s for s in JobStatus if JobStatus.PAUSED in LEGAL[s]),
+    "resume_job": frozenset({JobStatus.PAUSED}),
+    "retry_job": frozenset({JobStatus.FAILED}),
+    "priority": WAITING,
+    "move": WAITING,
+}
+
 NODE_BINDINGS = [
     Binding("p", "pause_node", "Pause node"),
     Binding("d", "drain_node", "Drain"),
     Binding("r", "resume_node", "Resume node"),
 ]
+
+
+NODE_ACTIONS: dict[str, frozenset[NodeStatus]] = {
+    "pause_node": frozenset({NodeStatus.IDLE, NodeStatus.BUSY, NodeStatus.DRAINING}),
+    "drain_node": frozenset({NodeStatus.IDLE, NodeStatus.BUSY}),
+    "resume_node": frozenset({NodeStatus.PAUSED, NodeStatus.DRAINING}),
+}
 
 
 def farm_app(node: DOMNode) -> FarmApp:
@@ -48,6 +71,13 @@ class JobControls:
 
     def selected_job(self) -> JobView | None:
         raise NotImplementedError
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Textual asks before showing or running a binding: None dims it (see JOB_ACTIONS)."""
+        if action not in JOB_ACTIONS:
+            return True
+        job = self.selected_job()
+        return True if job is not None and job.status in JOB_ACTIONS[action] else None
 
     def action_cancel_job(self) -> None:
         if job := self.selected_job():
@@ -90,6 +120,12 @@ class NodeControls:
 
     def selected_node(self) -> NodeView | None:
         raise NotImplementedError
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in NODE_ACTIONS:
+            return True
+        node = self.selected_node()
+        return True if node is not None and node.status in NODE_ACTIONS[action] else None
 
     def action_pause_node(self) -> None:
         if node := self.selected_node():

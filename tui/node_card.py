@@ -62,6 +62,7 @@ class NodeCard(NodeControls, Static, can_focus=True):
         self.border_title = view.info.name
         self.border_subtitle = str(view.status)
         self.update(card_body(view))
+        self.refresh_bindings()
 
     def watch_status(self, old: NodeStatus, new: NodeStatus) -> None:
         self.remove_class(f"-{old}")

@@ -92,6 +92,7 @@ class JobDetailScreen(JobControls, LiveScreen):
             self.query_one("#job-facts", Static).update(job_facts(job))
             self.query_one("#sample-bars", Static).update(sample_bars(job, BAR))
             self.read_previews(job)
+            self.refresh_bindings()
         log = self.query_one("#job-log", RichLog)
         if changes is None:
             log.clear()

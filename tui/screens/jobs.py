@@ -23,10 +23,14 @@ class JobsScreen(JobControls, LiveScreen):
 
     def sync(self, changes: Changes | None) -> None:
         self.query_one(JobsTable).sync(self.farm.store, None if changes is None else changes.jobs)
+        self.refresh_bindings()  # the selected job's state may have changed what its keys can do
 
     def selected_job(self) -> JobView | None:
         job_id = self.query_one(JobsTable).selected_id
         return self.farm.store.jobs.get(job_id) if job_id else None
+
+    def on_data_table_row_highlighted(self) -> None:
+        self.refresh_bindings()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value is not None:

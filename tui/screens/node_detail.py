@@ -69,6 +69,7 @@ class NodeDetailScreen(NodeControls, LiveScreen):
             now.update(card_body(view))
             self.query_one("#node-facts", Static).update(facts_table(view))
             self.query_one("#node-rules", Static).update(rules_table(view))
+            self.refresh_bindings()
         log = self.query_one("#node-log", RichLog)
         if changes is None:
             log.clear()
