@@ -14,7 +14,7 @@ from farm.errors import InvalidInput
 from farm.jobspec import make_job
 from farm.hardware import GpuSample, Hardware, Telemetry
 from farm.model import JobSpec, JobStatus, NodeInfo
-from farm.service import Event, JobView, NodeStatus, NodeView, OwnerPolicy
+from farm.service import Event, JobView, NodeShare, NodeStatus, NodeView, OwnerPolicy, ShardView
 from protos.farm.v1 import agent_pb2, control_pb2
 
 MAX_NAME = 128
@@ -45,11 +45,34 @@ def spec_from_proto(msg: control_pb2.JobSpec) -> JobSpec:
                     priority=msg.priority, **given)
 
 
+def _spec_as_shown(msg: control_pb2.JobSpec) -> JobSpec:
+    """A job the head already accepted, as it reports it (not validated again: the client's model
+    catalog may be older than the head's)."""
+    return JobSpec(model=msg.model, prompts=tuple(msg.prompts), seeds=tuple(range(msg.seed, msg.seed + msg.seeds)),
+                   steps=msg.steps, width=msg.width, height=msg.height, guidance=msg.guidance, sampler=msg.sampler,
+                   negative_prompt=msg.negative_prompt, priority=msg.priority, owner=msg.owner, frames=msg.frames)
+
+
+def _shard_to_proto(s: ShardView) -> control_pb2.ShardView:
+    return control_pb2.ShardView(id=s.id, home=s.home, samples=list(s.samples),
+                                 bounds=[x for pair in s.bounds for x in pair], step=s.step, node=s.node,
+                                 memory_mode=s.memory_mode)
+
+
+def _shard_from_proto(m: control_pb2.ShardView) -> ShardView:
+    flat = list(m.bounds)
+    return ShardView(id=m.id, home=m.home, samples=tuple(m.samples), bounds=tuple(zip(flat[::2], flat[1::2])),
+                     step=m.step, node=m.node, memory_mode=m.memory_mode)
+
+
 def job_to_proto(view: JobView) -> control_pb2.JobView:
     msg = control_pb2.JobView(
         id=view.id, spec=spec_to_proto(view.spec), status=str(view.status), samples_done=view.samples_done,
         samples_total=view.samples_total, steps_done=view.steps_done, steps_total=view.steps_total,
         submitted_at=view.submitted_at, position=view.position, error=view.error, outputs=list(view.outputs),
+        shards=[_shard_to_proto(s) for s in view.shards],
+        shares=[control_pb2.NodeShare(node=s.node, samples=s.samples, shards=s.shards, segments=s.segments,
+                                      steps=s.steps, seconds=s.seconds) for s in view.shares],
     )
     for name in ("started_at", "finished_at", "eta_s"):
         if (value := getattr(view, name)) is not None:
@@ -59,11 +82,14 @@ def job_to_proto(view: JobView) -> control_pb2.JobView:
 
 def job_from_proto(msg: control_pb2.JobView) -> JobView:
     return JobView(
-        id=msg.id, spec=spec_from_proto(msg.spec), status=_enum(JobStatus, "status", msg.status),
+        id=msg.id, spec=_spec_as_shown(msg.spec), status=_enum(JobStatus, "status", msg.status),
         samples_done=msg.samples_done, samples_total=msg.samples_total, steps_done=msg.steps_done,
         steps_total=msg.steps_total, submitted_at=msg.submitted_at, position=msg.position,
         started_at=_opt(msg, "started_at"), finished_at=_opt(msg, "finished_at"),  # type: ignore[arg-type]
         eta_s=_opt(msg, "eta_s"), error=msg.error, outputs=tuple(msg.outputs),  # type: ignore[arg-type]
+        shards=tuple(_shard_from_proto(s) for s in msg.shards),
+        shares=tuple(NodeShare(node=s.node, samples=s.samples, shards=s.shards, segments=s.segments, steps=s.steps,
+                               seconds=s.seconds) for s in msg.shares),
     )
 
 

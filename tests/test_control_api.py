@@ -4,6 +4,7 @@ server over TLS with the farm's own certificates, the token checks, TLS rejectio
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,7 @@ from farm.jobspec import make_job
 from farm.membership import Membership
 from farm.model import JobStatus
 from farm.pki import FarmCA, PinMismatch, fetch_pinned_cert, new_key_and_csr, node_host, pin
-from farm.service import NodeStatus, OwnerPolicy
+from farm.service import NodeShare, NodeStatus, OwnerPolicy, ShardView
 from protos.farm.v1 import control_pb2, control_pb2_grpc
 
 HARDWARE = Hardware("pc3", "Linux", 8, 32.0, (GpuSample(0, "RTX 4090", 24.0), GpuSample(1, "RTX 3060", 12.0)))
@@ -76,6 +77,11 @@ def test_every_farm_rpc_round_trips(head: Head) -> None:
     assert c.preview(job_id, 1) == b"\x89PNG fake"
     c.cancel_job(job_id)
     assert c.get_job(job_id).status == JobStatus.CANCELLED
+    detailed = replace(head.farm.jobs[job_id], started_at=5.0, eta_s=12.5, error="x", outputs=("a.png",),
+                       shards=(ShardView(f"{job_id}/s0", "pc1", (0, 2), ((0, 2), (2, 4)), 2, "pc2", "offload"),),
+                       shares=(NodeShare("pc1", samples=1, shards=1, segments=2, steps=8, seconds=1.5),))
+    head.farm.jobs[job_id] = detailed
+    assert c.get_job(job_id) == detailed and c.list_jobs() == [detailed]  # every field survives the wire
 
     nodes = {n.info.name: n for n in c.list_nodes()}
     assert nodes == head.farm.nodes  # NodeView, NodeInfo, OwnerPolicy, optional fields all survive the wire
@@ -217,7 +223,7 @@ def test_client_raises_farm_errors_with_the_field(head: Head) -> None:
         c.set_priority("j404", 500)
     assert e.value.field == "priority"
     job_id = c.submit(job())
-    head.farm.jobs[job_id] = head.farm.jobs[job_id].__class__(**{**head.farm.jobs[job_id].__dict__, "status": JobStatus.DONE})
+    head.farm.jobs[job_id] = replace(head.farm.jobs[job_id], status=JobStatus.DONE)
     with pytest.raises(InvalidInput, match="is done"):
         c.cancel_job(job_id)
 
