@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tui_fake import FakeFarmService
-from tui_pilot import screen_text, settle, until
+from tui_pilot import BUSY, screen_text, settle, until
 
 from farm.model import JobStatus
 from farm.service import NodeStatus
@@ -230,14 +230,16 @@ async def test_live_events_update_the_table_without_a_full_read(fake: FakeFarmSe
 
 async def test_a_slow_service_never_blocks_the_keyboard(fake: FakeFarmService) -> None:
     fake.gate.clear()  # list_jobs hangs until the gate opens
-    app = app_for(fake)
+    app = make_app(fake, refresh_interval=0.01, poll_timeout=0.05)
     async with app.run_test(size=SIZE) as pilot:
         try:
             await pilot.press("3")
             await until(pilot, lambda: isinstance(app.screen, EventLogScreen))
             await pilot.press("2")
             await until(pilot, lambda: isinstance(app.screen, JobsScreen))
+            await pilot.pause(0.2)  # twenty refresh ticks
             assert fake.reads["list_jobs"] == 0  # the full read still hangs, the keys were answered
+            assert len([w for w in app.workers if w.group == "read" and w.state in BUSY]) == 1  # not one a tick
         finally:
             fake.gate.set()  # or the app's exit would wait for the hung read forever
         await until(pilot, lambda: app.screen.query_one(JobsTable).row_count == 6)

@@ -16,7 +16,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
-from textual.worker import get_current_worker
+from textual.worker import Worker, get_current_worker
 
 from farm.model import JobSpec
 from farm.service import FarmService
@@ -75,15 +75,22 @@ class FarmApp(App[None]):
         self.live = live
         self.store = FarmStore()
         self._after = 0  # the last event seq read; only the (exclusive) events worker touches it
+        self._reader: Worker[None]  # the latest full read, started on mount
 
     def on_mount(self) -> None:
         self.sub_title = self.head
-        self.read_all()
+        self._reader = self.read_all()
         self.read_events(forever=self.live)
         if self.live:
-            self.set_interval(self.refresh_interval, self.read_all)
+            self.set_interval(self.refresh_interval, self._tick)
 
-    @work(thread=True, exclusive=True, group="read")
+    def _tick(self) -> None:
+        """Start a full read unless the last one still waits on the service: a hung head would
+        otherwise hold one more thread every tick, until controls found none left."""
+        if self._reader.is_finished:
+            self._reader = self.read_all()
+
+    @work(thread=True, group="read")
     def read_all(self) -> None:
         """Nodes and jobs in full: telemetry changes without events, and a missed event heals here."""
         try:
