@@ -8,8 +8,9 @@ Two kinds, so that a node's removal or a token rotation touches only what it sho
 - a node token, issued to each node at join: the head presents it when it calls that node's agent,
   and the node presents it to join again after a restart. Removing the node forgets it.
 
-Only hashes of node tokens are stored on the head. The health service needs no token, so that
-systemd or a load balancer can probe a port without secrets.
+The token store checks node tokens against their hashes; the member table (`farm.membership`, 0600)
+keeps each one too, because the head presents it to that PC's agent. The health service needs no
+token, so that systemd or a load balancer can probe a port without secrets.
 """
 
 from __future__ import annotations

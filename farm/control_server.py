@@ -165,7 +165,7 @@ class FarmControlServicer(control_pb2_grpc.FarmControlServicer):
         after = request.after
         wait = min(max(request.wait_s, 0.0), MAX_WAIT_S)
         while context.is_active():
-            batch = _call(context, lambda: self.service.events(after, FOLLOW_POLL_S if request.follow else wait))
+            batch = _call(context, lambda a=after: self.service.events(a, FOLLOW_POLL_S if request.follow else wait))
             for event in batch:
                 yield convert.event_to_proto(event)
                 after = event.seq

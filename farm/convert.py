@@ -61,8 +61,9 @@ def _shard_to_proto(s: ShardView) -> control_pb2.ShardView:
 
 def _shard_from_proto(m: control_pb2.ShardView) -> ShardView:
     flat = list(m.bounds)
-    return ShardView(id=m.id, home=m.home, samples=tuple(m.samples), bounds=tuple(zip(flat[::2], flat[1::2])),
-                     step=m.step, node=m.node, memory_mode=m.memory_mode)
+    bounds = tuple(zip(flat[::2], flat[1::2], strict=True))
+    return ShardView(id=m.id, home=m.home, samples=tuple(m.samples), bounds=bounds, step=m.step, node=m.node,
+                     memory_mode=m.memory_mode)
 
 
 def job_to_proto(view: JobView) -> control_pb2.JobView:

@@ -14,7 +14,7 @@ import pytest
 from farm import convert
 from farm.auth import bearer
 from farm.control_client import open_channel
-from farm.hardware import GpuSample, Hardware, ProcessSample, Telemetry
+from farm.hardware import Hardware, ProcessSample, Telemetry
 from farm.pki import FarmCA, TlsIdentity, new_key_and_csr, node_host
 from farm.service import NodeStatus, OwnerPolicy
 from node.agent import Agent
