@@ -15,6 +15,7 @@ from pathlib import Path
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm.errors import NodeLost, SegmentFailed
 from farm.model import NodeInfo, SegmentResult, SegmentTask, StepEvent
@@ -58,7 +59,10 @@ class RayExecutor:
 
     def __init__(self, nodes: Sequence[NodeInfo], home: Path | None = None) -> None:
         self._nodes = list(nodes)
-        self.events = Queue(maxsize=0)
+        # The progress queue lives on the coordinator's own Ray node: a worker PC that dies must not
+        # take it along.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.events = Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": here})
         # max_concurrency=2: `stop` must run while `run` is busy.
         remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
         self.actors = {
@@ -118,6 +122,7 @@ def start_embedded_cluster(nodes: Sequence[NodeInfo]) -> None:
     """A local Ray cluster whose custom resources stand for the simulated nodes (loopback only)."""
     resources = {NODE_RESOURCE + n.name: NODE_SLOTS for n in nodes}
     ray.init(
+        address="local",  # always a new cluster: never attach to another Ray running on this machine
         num_cpus=len(nodes),
         resources=resources,
         include_dashboard=False,

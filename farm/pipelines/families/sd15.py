@@ -47,6 +47,8 @@ class SD15(Family):
     def init_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
                      generators: list[torch.Generator], scheduler: SchedulerMixin,
                      configs: dict[str, dict]) -> torch.Tensor:
+        # As the pipeline does: timesteps first, since init_noise_sigma depends on them ("leading" spacing).
+        self.set_timesteps(pipe, job, scheduler, ())
         pipe.scheduler = scheduler  # prepare_latents scales by this scheduler's init_noise_sigma
         embeds = cond["prompt_embeds"]
         channels = configs["unet"]["in_channels"]
