@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "protos"))
-
-import generate  # noqa: E402  (protos/generate.py, the one-file generator)
+# protos/generate.py is a script, loaded by path: putting protos/ on sys.path would let protos/farm
+# shadow the farm package.
+_spec = importlib.util.spec_from_file_location("protos_generate", ROOT / "protos" / "generate.py")
+generate = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(generate)  # type: ignore[union-attr]
 
 
 def test_committed_generated_code_is_fresh(tmp_path: Path) -> None:
