@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
-from tui_scenes import SIZE, scene, update_docs, with_history
 from tui_pilot import settle
+from tui_scenes import SIZE, scene, update_docs, with_history
 
 from tui.jobs_table import JobsTable
 

@@ -63,7 +63,8 @@ def sample_jobs() -> list[JobView]:
         job("j2", JobStatus.QUEUED, owner="ben", position=2, eta_s=400, at=10),
         job("j3", JobStatus.QUEUED, owner="ana", priority=5, position=3, eta_s=700, at=20),
         job("j4", JobStatus.PAUSED, owner="cleo", done=1, steps_done=30, at=30),
-        job("j5", JobStatus.FAILED, owner="ben", done=2, steps_done=45, at=40, error="segment failed 3 times on pc-dan"),
+        job("j5", JobStatus.FAILED, owner="ben", done=2, steps_done=45, at=40,
+            error="segment failed 3 times on pc-dan"),
         job("j6", JobStatus.DONE, owner="ana", done=4, steps_done=80, at=50),
     ]
 

@@ -67,7 +67,7 @@ class JobsTable(DataTable[object]):
                 added += 1
             else:
                 fresh = cells(job_id, row)
-                for (key, _), before, after, cell in zip(COLUMNS[1:], old, row, fresh[1:]):
+                for (key, _), before, after, cell in zip(COLUMNS[1:], old, row, fresh[1:], strict=True):
                     if before != after:
                         self.update_cell(job_id, key, cell)
             self._shown[job_id] = row

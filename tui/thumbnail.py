@@ -21,12 +21,12 @@ def half_blocks(png: bytes, width: int) -> Text:
     except (UnidentifiedImageError, OSError):
         return Text("(unreadable preview)", style="red")
     rows = max(1, round(width * rgb.height / rgb.width / 2))
-    pixels = rgb.resize((width, rows * 2), Image.Resampling.BILINEAR).load()
+    small = rgb.resize((width, rows * 2), Image.Resampling.BILINEAR)
     text = Text()
     for row in range(rows):
         if row:
             text.append("\n")
         for x in range(width):
-            top, bottom = pixels[x, 2 * row], pixels[x, 2 * row + 1]
-            text.append(UPPER_HALF, Style(color=Color.from_rgb(*top), bgcolor=Color.from_rgb(*bottom)))
+            top, bottom = small.getpixel((x, 2 * row)), small.getpixel((x, 2 * row + 1))
+            text.append(UPPER_HALF, Style(color=Color.from_rgb(*top), bgcolor=Color.from_rgb(*bottom)))  # type: ignore[misc]
     return text

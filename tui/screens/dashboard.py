@@ -49,7 +49,9 @@ class DashboardScreen(LiveScreen):
         if changes is None or changes.throughput:
             points = list(store.throughput)
             self.query_one("#throughput", Sparkline).data = points
-            label = f"Throughput  {points[-1]:.1f} sample-steps/s, peak {max(points):.1f}" if points else "Throughput  –"
+            label = "Throughput  –"
+            if points:
+                label = f"Throughput  {points[-1]:.1f} sample-steps/s, peak {max(points):.1f}"
             self.query_one("#throughput-label", Label).update(label)
 
     def _sync_cards(self) -> None:

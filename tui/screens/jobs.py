@@ -14,7 +14,7 @@ from tui.store import Changes
 
 
 class JobsScreen(JobControls, LiveScreen):
-    BINDINGS = JOB_BINDINGS
+    BINDINGS = [*JOB_BINDINGS]
 
     def compose(self) -> ComposeResult:
         yield Header()
