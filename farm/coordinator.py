@@ -351,6 +351,23 @@ class Coordinator:
                                     pause_reason=n.paused))
             return out
 
+    def node_joined(self, info: NodeInfo) -> None:
+        """A node (re)joins: a new PC, or one that crashed and came back (it holds no model now)."""
+        with self._lock:
+            node = self.nodes.get(info.name)
+            if node is None:
+                self.nodes[info.name] = NodeRuntime(info)
+            else:
+                node.info, node.lost, node.loaded = info, False, set()
+            self._emit("node_joined", node=info.name, message=f"{info.vram_gib:g} GiB, speed {info.speed:g}")
+
+    def node_left(self, name: str, reason: str) -> None:
+        """A node is gone (its agent or raylet stopped answering); its segment comes back as NodeLost."""
+        with self._lock:
+            node = self._node(name)
+            node.lost, node.loaded = True, set()
+            self._emit("node_lost", node=name, message=reason)
+
     def pause_node(self, name: str, reason: str = "paused by operator") -> None:
         """No new work; a running segment checkpoints at its next step boundary and comes back."""
         with self._lock:
