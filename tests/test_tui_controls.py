@@ -253,3 +253,12 @@ async def test_an_unreachable_head_is_shown_in_the_header_until_it_answers(fake:
         await until(pilot, lambda: app.sub_title == f"head.lan:7070 · {fake.down}")
         fake.down = ""
         await until(pilot, lambda: app.sub_title == "head.lan:7070")
+
+
+@pytest.mark.parametrize("width, columns", [(80, 2), (120, 3), (200, 5)])
+async def test_node_cards_fit_the_terminal_width(fake: FakeFarmService, width: int, columns: int) -> None:
+    app = app_for(fake)
+    async with app.run_test(size=(width, 30)) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#nodes").styles.grid_size_columns == columns
+        assert "…" not in screen_text(app).split("Queue")[0]  # no card line cut short

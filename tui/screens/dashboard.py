@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Vertical
@@ -14,6 +15,8 @@ from tui.node_card import NodeCard
 from tui.screens.base import LiveScreen
 from tui.screens.node_detail import NodeDetailScreen
 from tui.store import Changes, QueueSummary
+
+CARD_WIDTH = 38  # a card's lines fit without ellipsis from this width
 
 
 def summary_text(summary: QueueSummary) -> Text:
@@ -53,6 +56,10 @@ class DashboardScreen(LiveScreen):
             if points:
                 label = f"Throughput  {points[-1]:.1f} sample-steps/s, peak {max(points):.1f}"
             self.query_one("#throughput-label", Label).update(label)
+
+    def on_resize(self, event: events.Resize) -> None:
+        """As many card columns as fit at CARD_WIDTH; CSS cannot ask for the terminal's width."""
+        self.query_one("#nodes", Grid).styles.grid_size_columns = max(1, event.size.width // CARD_WIDTH)
 
     def _sync_cards(self) -> None:
         grid = self.query_one("#nodes", Grid)
