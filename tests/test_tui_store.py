@@ -102,3 +102,4 @@ def test_segment_bars_show_done_running_and_waiting_steps() -> None:
     assert [line.split()[0] for line in lines] == ["#0", "#1", "#2", "#3"]
     assert "pc-anna" in lines[0] and "pc-anna" not in lines[2]
     assert sample_bars(sample_jobs()[0], 20, limit=1).plain.endswith("… and 3 more samples")
+    assert sample_bars(sample_jobs()[1], 20).plain == "not split into shards yet"

@@ -39,6 +39,8 @@ def sample_bars(job: JobView, width: int, limit: int = 200) -> Text:
     steps = job.spec.steps
     bars = {shard.id: shard_bar(shard, steps, width) for shard in job.shards}  # shared by a shard's samples
     lines = sorted(((s, shard) for shard in job.shards for s in shard.samples), key=lambda pair: pair[0])
+    if not lines:
+        return Text("not split into shards yet", style="dim")
     text = Text(no_wrap=True, overflow="ellipsis")
     for n, (sample, shard) in enumerate(lines[:limit]):
         if n:
