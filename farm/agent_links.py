@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -41,6 +41,7 @@ class Reading:
     gpus: tuple[GpuSample, ...]
     policy: OwnerPolicy
     by_operator: bool = False  # an operator's command echoed back: the head applied it already
+    worker_starts: int = 0  # grows each time the PC's Ray worker is started again
 
 
 class AgentHandle(Protocol):
@@ -68,7 +69,7 @@ class RemoteAgent:
         self._stream = self._stub.StreamTelemetry(agent_pb2.TelemetryRequest(), metadata=self._metadata)
         for t in self._stream:
             yield Reading(NodeStatus(t.state), t.reason, tuple(convert.gpu_from_proto(g) for g in t.gpus),
-                          convert.policy_from_proto(t.policy), t.by_operator)
+                          convert.policy_from_proto(t.policy), t.by_operator, t.worker_starts)
 
     def command(self, status: NodeStatus | None, reason: str) -> None:
         request = agent_pb2.NodeCommand(reason=reason)
@@ -84,8 +85,11 @@ class RemoteAgent:
 class AgentLinks:
     """Follows every PC's agent on its own thread and applies status changes to `service`."""
 
-    def __init__(self, service: FarmService) -> None:
+    def __init__(self, service: FarmService, on_new_worker: Callable[[str], None] | None = None) -> None:
+        """`on_new_worker(node)`: the PC's Ray worker was started again (after the owner took the
+        GPU back, or a crash), so the node's actor died with the old one and needs a new one."""
         self.service = service
+        self.on_new_worker = on_new_worker
         self._lock = threading.Lock()
         self._links: dict[str, tuple[AgentHandle, tuple[str, ...], threading.Event]] = {}
         self._readings: dict[str, Reading] = {}  # by node name
@@ -125,9 +129,14 @@ class AgentLinks:
 
     def _follow(self, pc: str, nodes: tuple[str, ...], agent: AgentHandle, stop: threading.Event) -> None:
         applied: NodeStatus | None = None
+        starts = 0
         while not stop.is_set():
             try:
                 for reading in agent.follow():
+                    if starts and reading.worker_starts > starts and self.on_new_worker:  # a restart, not the first
+                        for n in nodes:
+                            self.on_new_worker(n)
+                    starts = reading.worker_starts
                     with self._lock:  # node i of a PC is its GPU i
                         for i, n in enumerate(nodes):
                             self._readings[n] = replace(reading, gpus=reading.gpus[i:i + 1])

@@ -156,11 +156,11 @@ def hardware_from_proto(msg: agent_pb2.Hardware) -> Hardware:
 
 
 def telemetry_to_proto(t: Telemetry, state: str, reason: str, worker_running: bool, policy: OwnerPolicy,
-                       by_operator: bool) -> agent_pb2.Telemetry:
+                       by_operator: bool, worker_starts: int) -> agent_pb2.Telemetry:
     return agent_pb2.Telemetry(time=t.time, gpus=[gpu_to_proto(g) for g in t.gpus], cpu_percent=t.cpu_percent,
                                ram_used_gib=t.ram_used_gib, ram_total_gib=t.ram_total_gib, state=state,
                                reason=reason, worker_running=worker_running, policy=policy_to_proto(policy),
-                               by_operator=by_operator)
+                               by_operator=by_operator, worker_starts=worker_starts)
 
 
 def node_to_proto(view: NodeView) -> control_pb2.NodeView:

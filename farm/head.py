@@ -77,21 +77,33 @@ def _use_ray_token(token: str) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def add_node(coordinator: Coordinator, executor: RayExecutor, info: NodeInfo, home: Path | None) -> None:
+def add_node(coordinator: Coordinator, executor: RayExecutor, info: NodeInfo, home: Path | None,
+             new_worker: bool = False) -> None:
     """Make a joined GPU a node of a running farm: an actor pinned to its resource, a coordinator entry.
+    With `new_worker` (its PC's Ray worker was started again), replace the actor that died with the
+    old worker, keeping the node's pause or drain.
 
     The executor and coordinator are built for a fixed node list; this grows both the way their own
     constructors fill them (to move into them as `add_node` when they own growth themselves).
     """
     with coordinator._lock:
         known = coordinator.nodes.get(info.name)
-        if known is not None and not known.lost:
-            return
+        if known is not None and (known.running or not (known.lost or new_worker)):
+            return  # busy on a live actor, or nothing changed
+        old = executor.actors.get(info.name)
+        if old is not None:
+            try:
+                ray.kill(old, no_restart=True)
+            except Exception:  # already gone with its worker
+                log.debug("actor of %s already gone", info.name)
         remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
         executor.actors[info.name] = remote.options(num_cpus=0, resources={NODE_RESOURCE + info.name: 1}).remote(
             info, str(home) if home else None, executor.events)
         executor._nodes = [n for n in executor._nodes if n.name != info.name] + [info]
-        coordinator.nodes[info.name] = NodeRuntime(info)
+        runtime = NodeRuntime(info)
+        if known is not None:
+            runtime.paused, runtime.draining = known.paused, known.draining
+        coordinator.nodes[info.name] = runtime
         coordinator._emit("node_joined", node=info.name, message=f"{info.gpu}, {info.vram_gib:g} GiB")
 
 
@@ -134,7 +146,7 @@ class Head:
         self.executor = RayExecutor(own, cfg.home)
         self._store = Store(cfg.state) if cfg.state is not None else None
         self.coordinator = Coordinator(self.executor, PngWriter(cfg.out), store=self._store)
-        self.links = AgentLinks(self.coordinator)
+        self.links = AgentLinks(self.coordinator, on_new_worker=self._new_worker)
         self.membership = Membership(self.folder, self.creds.ca, self.creds.tokens, self.ray_address, self.ray_token,
                                      on_join=self._joined, on_remove=self._removed)
         for member in self.membership.members():  # PCs that joined before a restart: their workers reconnect
@@ -166,6 +178,12 @@ class Head:
             add_node(self.coordinator, self.executor, info, self.config.home)
         self.links.add(member.name, tuple(n.name for n in member.nodes),
                        RemoteAgent(member, self.creds.ca.cert_pem))
+
+    def _new_worker(self, node: str) -> None:
+        assert self.coordinator is not None and self.executor is not None and self.membership is not None
+        info = next((n for m in self.membership.members() for n in m.nodes if n.name == node), None)
+        if info is not None:
+            add_node(self.coordinator, self.executor, info, self.config.home, new_worker=True)
 
     def _removed(self, member: Member) -> None:
         """A removed PC drains (its segment in flight finishes) and its agent is no longer followed."""

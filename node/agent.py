@@ -39,6 +39,7 @@ class Snapshot:
     worker_running: bool
     policy: OwnerPolicy
     by_operator: bool = False  # the status is an operator's pause or drain, not the owner's rules
+    worker_starts: int = 0
 
 
 def _minute_of_day() -> int:
@@ -87,7 +88,8 @@ class Agent:
         self._steer_worker(held.status)
         seq = self._snapshot.seq + 1 if self._snapshot else 1
         self._snapshot = Snapshot(seq, reading, held.status, held.reason, bool(self.worker and self.worker.running),
-                                  self._state.policy, self._state.operator is not None)
+                                  self._state.policy, self._state.operator is not None,
+                                  self.worker.starts if self.worker else 0)
         self._cv.notify_all()
         return self._snapshot
 
@@ -160,7 +162,8 @@ class InProcessHandle:
             snap = self.agent.latest(seq, timeout=1.0)
             if snap is not None:
                 seq = snap.seq
-                yield Reading(snap.status, snap.reason, snap.telemetry.gpus, snap.policy, snap.by_operator)
+                yield Reading(snap.status, snap.reason, snap.telemetry.gpus, snap.policy, snap.by_operator,
+                              snap.worker_starts)
 
     def command(self, status: NodeStatus | None, reason: str) -> None:
         if status == NodeStatus.PAUSED:

@@ -42,7 +42,7 @@ def _state(snap: Snapshot) -> agent_pb2.AgentState:
 
 def telemetry_message(snap: Snapshot) -> agent_pb2.Telemetry:
     return convert.telemetry_to_proto(snap.telemetry, str(snap.status), snap.reason, snap.worker_running, snap.policy,
-                                      snap.by_operator)
+                                      snap.by_operator, snap.worker_starts)
 
 
 class NodeAgentServicer(agent_pb2_grpc.NodeAgentServicer):

@@ -98,6 +98,7 @@ class Supervisor:
         self.min_delay_s, self.max_delay_s, self.healthy_s = min_delay_s, max_delay_s, healthy_s
         self.stop_timeout_s = stop_timeout_s
         self.on_exit = on_exit
+        self.starts = 0  # processes spawned: each new one is a new Ray node that holds no actors yet
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._wanted = False
@@ -157,6 +158,7 @@ class Supervisor:
                     return
                 try:
                     self._proc = self._spawn()
+                    self.starts += 1
                 except OSError as e:  # e.g. `ray` not installed: retried, never fatal to the agent
                     log.error("cannot start the Ray worker: %s", e)
                     self._proc = None

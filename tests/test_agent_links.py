@@ -89,3 +89,31 @@ def test_the_heads_own_agent_links_in_process() -> None:
         assert agent.latest(0, 0).status == NodeStatus.IDLE
     finally:
         links.remove("pc2")
+
+
+def test_a_restarted_ray_worker_gets_new_actors(tmp_path: Path) -> None:
+    import sys
+
+    from node.worker import Supervisor, WorkerCommand
+
+    worker = Supervisor(WorkerCommand((sys.executable, "-c", "import time; time.sleep(600)"), {}), stop_timeout_s=5)
+    probe = FakeProbe()
+    agent = Agent(probe, OwnerPolicy(pause_programs=("steam",)), worker, release_s=0, settle_s=0,
+                  minute_of_day=lambda: 600)
+    revived: list[str] = []
+    links = AgentLinks(FakeFarm(), on_new_worker=revived.append)
+    links.add("pc2", ("pc2",), InProcessHandle(agent))
+    try:
+        agent.tick()
+        assert _wait(lambda: worker.running and links.reading("pc2") is not None)
+        probe.processes = [ProcessSample(5, "steam", False)]
+        agent.tick()
+        agent.tick()  # release_s=0: the second reading stops the worker
+        assert _wait(lambda: not worker.running)
+        assert revived == []
+        probe.processes = []
+        # The new worker is a new Ray node: its actor must be made again (the agent ticks until it shows).
+        assert _wait(lambda: agent.tick() is not None and revived == ["pc2"])
+    finally:
+        links.remove("pc2")
+        worker.stop()

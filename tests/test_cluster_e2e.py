@@ -103,6 +103,17 @@ def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm) -> None:
     runs = read_provenance(farm.root / outputs[0])
     assert {run["node"] for run in runs["segments"]} == {"pc2"}, runs  # type: ignore[attr-defined]
 
+    # Paused, the PC stops its Ray worker (the GPU is free); resumed, a new worker and a new actor render.
+    assert farm.cli("node", "pause", "pc2").returncode == 0
+    time.sleep(12)
+    assert farm.cli("node", "resume", "pc2").returncode == 0
+    time.sleep(15)
+    r = farm.cli("submit", "job.toml", timeout=400)
+    assert r.returncode == 0, r.stderr + (farm.root / "head.log").read_text()[-3000:]
+    runs = read_provenance(farm.root / r.stdout.splitlines()[1])
+    assert {run["node"] for run in runs["segments"]} == {"pc2"}, runs  # type: ignore[attr-defined]
+    assert (farm.root / "pc2" / "node" / "ray-worker.log").read_text().count("Ray runtime started") >= 2
+
     bad = farm.cli("jobs", "--head", address, "--token", token[:-4] + "XXXX")
     assert bad.returncode == 1 and "refused the token" in bad.stderr
 

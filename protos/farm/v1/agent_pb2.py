@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/farm/v1/agent.proto\x12\x0eprotos.farm.v1\"\xe0\x01\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0evram_total_gib\x18\x03 \x01(\x01\x12\x15\n\rvram_used_gib\x18\x04 \x01(\x01\x12\x15\n\rvram_free_gib\x18\x05 \x01(\x01\x12\x13\n\x0butilization\x18\x06 \x01(\x01\x12\x1a\n\rtemperature_c\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07power_w\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tsimulated\x18\t \x01(\x08\x42\x10\n\x0e_temperature_cB\n\n\x08_power_w\"6\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08uses_gpu\x18\x03 \x01(\x08\"\x88\x01\n\x08Hardware\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x11\n\tcpu_count\x18\x03 \x01(\r\x12\x15\n\rram_total_gib\x18\x04 \x01(\x01\x12!\n\x04gpus\x18\x05 \x03(\x0b\x32\x13.protos.farm.v1.Gpu\x12\x11\n\tsimulated\x18\x06 \x01(\x08\"\x8b\x01\n\x0bOwnerPolicy\x12\x19\n\x0cvram_cap_gib\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0c\x61\x63tive_hours\x18\x02 \x01(\t\x12\x16\n\x0epause_programs\x18\x03 \x03(\t\x12\"\n\x1apause_on_other_gpu_process\x18\x04 \x01(\x08\x42\x0f\n\r_vram_cap_gib\"\xf7\x01\n\tTelemetry\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12!\n\x04gpus\x18\x02 \x03(\x0b\x32\x13.protos.farm.v1.Gpu\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x14\n\x0cram_used_gib\x18\x04 \x01(\x01\x12\x15\n\rram_total_gib\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0eworker_running\x18\x08 \x01(\x08\x12+\n\x06policy\x18\t \x01(\x0b\x32\x1b.protos.farm.v1.OwnerPolicy\x12\x13\n\x0b\x62y_operator\x18\n \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"&\n\x10TelemetryRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"\x1d\n\x0bNodeCommand\x12\x0e\n\x06reason\x18\x01 \x01(\t\"+\n\nAgentState\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x10SetPolicyRequest\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.protos.farm.v1.OwnerPolicy2\xb6\x03\n\tNodeAgent\x12\x45\n\x08\x44\x65scribe\x12\x1f.protos.farm.v1.DescribeRequest\x1a\x18.protos.farm.v1.Hardware\x12P\n\x0fStreamTelemetry\x12 .protos.farm.v1.TelemetryRequest\x1a\x19.protos.farm.v1.Telemetry0\x01\x12@\n\x05Pause\x12\x1b.protos.farm.v1.NodeCommand\x1a\x1a.protos.farm.v1.AgentState\x12\x41\n\x06Resume\x12\x1b.protos.farm.v1.NodeCommand\x1a\x1a.protos.farm.v1.AgentState\x12@\n\x05\x44rain\x12\x1b.protos.farm.v1.NodeCommand\x1a\x1a.protos.farm.v1.AgentState\x12I\n\tSetPolicy\x12 .protos.farm.v1.SetPolicyRequest\x1a\x1a.protos.farm.v1.AgentStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/farm/v1/agent.proto\x12\x0eprotos.farm.v1\"\xe0\x01\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0evram_total_gib\x18\x03 \x01(\x01\x12\x15\n\rvram_used_gib\x18\x04 \x01(\x01\x12\x15\n\rvram_free_gib\x18\x05 \x01(\x01\x12\x13\n\x0butilization\x18\x06 \x01(\x01\x12\x1a\n\rtemperature_c\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07power_w\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tsimulated\x18\t \x01(\x08\x42\x10\n\x0e_temperature_cB\n\n\x08_power_w\"6\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08uses_gpu\x18\x03 \x01(\x08\"\x88\x01\n\x08Hardware\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x11\n\tcpu_count\x18\x03 \x01(\r\x12\x15\n\rram_total_gib\x18\x04 \x01(\x01\x12!\n\x04gpus\x18\x05 \x03(\x0b\x32\x13.protos.farm.v1.Gpu\x12\x11\n\tsimulated\x18\x06 \x01(\x08\"\x8b\x01\n\x0bOwnerPolicy\x12\x19\n\x0cvram_cap_gib\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0c\x61\x63tive_hours\x18\x02 \x01(\t\x12\x16\n\x0epause_programs\x18\x03 \x03(\t\x12\"\n\x1apause_on_other_gpu_process\x18\x04 \x01(\x08\x42\x0f\n\r_vram_cap_gib\"\x8e\x02\n\tTelemetry\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12!\n\x04gpus\x18\x02 \x03(\x0b\x32\x13.protos.farm.v1.Gpu\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x14\n\x0cram_used_gib\x18\x04 \x01(\x01\x12\x15\n\rram_total_gib\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0eworker_running\x18\x08 \x01(\x08\x12+\n\x06policy\x18\t \x01(\x0b\x32\x1b.protos.farm.v1.OwnerPolicy\x12\x13\n\x0b\x62y_operator\x18\n \x01(\x08\x12\x15\n\rworker_starts\x18\x0b \x01(\r\"\x11\n\x0f\x44\x65scribeRequest\"&\n\x10TelemetryRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"\x1d\n\x0bNodeCommand\x12\x0e\n\x06reason\x18\x01 \x01(\t\"+\n\nAgentState\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x10SetPolicyRequest\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.protos.farm.v1.OwnerPolicy2\xb6\x03\n\tNodeAgent\x12\x45\n\x08\x44\x65scribe\x12\x1f.protos.farm.v1.DescribeRequest\x1a\x18.protos.farm.v1.Hardware\x12P\n\x0fStreamTelemetry\x12 .protos.farm.v1.TelemetryRequest\x1a\x19.protos.farm.v1.Telemetry0\x01\x12@\n\x05Pause\x12\x1b.protos.farm.v1.NodeCommand\x1a\x1a.protos.farm.v1.AgentState\x12\x41\n\x06Resume\x12\x1b.protos.farm.v1.NodeCommand\x1a\x1a.protos.farm.v1.AgentState\x12@\n\x05\x44rain\x12\x1b.protos.farm.v1.NodeCommand\x1a\x1a.protos.farm.v1.AgentState\x12I\n\tSetPolicy\x12 .protos.farm.v1.SetPolicyRequest\x1a\x1a.protos.farm.v1.AgentStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OWNERPOLICY']._serialized_start=469
   _globals['_OWNERPOLICY']._serialized_end=608
   _globals['_TELEMETRY']._serialized_start=611
-  _globals['_TELEMETRY']._serialized_end=858
-  _globals['_DESCRIBEREQUEST']._serialized_start=860
-  _globals['_DESCRIBEREQUEST']._serialized_end=877
-  _globals['_TELEMETRYREQUEST']._serialized_start=879
-  _globals['_TELEMETRYREQUEST']._serialized_end=917
-  _globals['_NODECOMMAND']._serialized_start=919
-  _globals['_NODECOMMAND']._serialized_end=948
-  _globals['_AGENTSTATE']._serialized_start=950
-  _globals['_AGENTSTATE']._serialized_end=993
-  _globals['_SETPOLICYREQUEST']._serialized_start=995
-  _globals['_SETPOLICYREQUEST']._serialized_end=1058
-  _globals['_NODEAGENT']._serialized_start=1061
-  _globals['_NODEAGENT']._serialized_end=1499
+  _globals['_TELEMETRY']._serialized_end=881
+  _globals['_DESCRIBEREQUEST']._serialized_start=883
+  _globals['_DESCRIBEREQUEST']._serialized_end=900
+  _globals['_TELEMETRYREQUEST']._serialized_start=902
+  _globals['_TELEMETRYREQUEST']._serialized_end=940
+  _globals['_NODECOMMAND']._serialized_start=942
+  _globals['_NODECOMMAND']._serialized_end=971
+  _globals['_AGENTSTATE']._serialized_start=973
+  _globals['_AGENTSTATE']._serialized_end=1016
+  _globals['_SETPOLICYREQUEST']._serialized_start=1018
+  _globals['_SETPOLICYREQUEST']._serialized_end=1081
+  _globals['_NODEAGENT']._serialized_start=1084
+  _globals['_NODEAGENT']._serialized_end=1522
 # @@protoc_insertion_point(module_scope)

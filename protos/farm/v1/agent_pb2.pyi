@@ -67,7 +67,7 @@ class OwnerPolicy(_message.Message):
     def __init__(self, vram_cap_gib: _Optional[float] = ..., active_hours: _Optional[str] = ..., pause_programs: _Optional[_Iterable[str]] = ..., pause_on_other_gpu_process: _Optional[bool] = ...) -> None: ...
 
 class Telemetry(_message.Message):
-    __slots__ = ("time", "gpus", "cpu_percent", "ram_used_gib", "ram_total_gib", "state", "reason", "worker_running", "policy", "by_operator")
+    __slots__ = ("time", "gpus", "cpu_percent", "ram_used_gib", "ram_total_gib", "state", "reason", "worker_running", "policy", "by_operator", "worker_starts")
     TIME_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class Telemetry(_message.Message):
     WORKER_RUNNING_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     BY_OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_STARTS_FIELD_NUMBER: _ClassVar[int]
     time: float
     gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
     cpu_percent: float
@@ -88,7 +89,8 @@ class Telemetry(_message.Message):
     worker_running: bool
     policy: OwnerPolicy
     by_operator: bool
-    def __init__(self, time: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., cpu_percent: _Optional[float] = ..., ram_used_gib: _Optional[float] = ..., ram_total_gib: _Optional[float] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., worker_running: _Optional[bool] = ..., policy: _Optional[_Union[OwnerPolicy, _Mapping]] = ..., by_operator: _Optional[bool] = ...) -> None: ...
+    worker_starts: int
+    def __init__(self, time: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., cpu_percent: _Optional[float] = ..., ram_used_gib: _Optional[float] = ..., ram_total_gib: _Optional[float] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., worker_running: _Optional[bool] = ..., policy: _Optional[_Union[OwnerPolicy, _Mapping]] = ..., by_operator: _Optional[bool] = ..., worker_starts: _Optional[int] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()
