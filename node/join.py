@@ -20,6 +20,7 @@ import grpc
 from farm.auth import pin_of
 from farm.control_client import FarmClient, open_channel, split_address
 from farm.convert import node_name
+from farm.errors import Unauthenticated
 from farm.membership import JoinGrant
 from farm.pki import TlsIdentity, fetch_pinned_cert, new_key_and_csr, write_private
 from farm.service import OwnerPolicy
@@ -57,18 +58,30 @@ def _listen_port(listen: str) -> tuple[str, int]:
         return host, s.getsockname()[1]
 
 
-def request_join(cfg: JoinConfig, probe: HostProbe, agent_port: int) -> tuple[bytes, JoinGrant]:
-    """Join the head; returns this PC's private key and what the head granted."""
+def request_join(cfg: JoinConfig, probe: HostProbe, agent_port: int, saved: Path) -> tuple[bytes, JoinGrant]:
+    """Join the head; returns this PC's private key and what the head granted.
+
+    With the farm token first; if the head refuses it (rotated since this PC joined) and this PC
+    joined before (`saved` holds its CA and node token), again as that member, so a PC restarted
+    after a rotation comes back without a new join line.
+    """
     name = node_name("--name", cfg.name)
     host, port = split_address(cfg.head, HEAD_PORT)
-    head_cert = fetch_pinned_cert(host, port, pin_of(cfg.token))
     key_pem, csr_pem = new_key_and_csr(name)
-    client = FarmClient(open_channel(host, port, head_cert), cfg.token, where=f"the head at {host}:{port}")
-    try:
-        grant = client.join(name, csr_pem, probe.hardware(), f"{cfg.advertise}:{agent_port}", cfg.policy)
-    finally:
-        client.close()
-    return key_pem, grant
+    attempts = [(lambda: fetch_pinned_cert(host, port, pin_of(cfg.token)), cfg.token)]
+    if (saved / "join.json").exists() and (saved / "ca.pem").exists():
+        node_token = json.loads((saved / "join.json").read_text())["node_token"]
+        attempts.append((lambda: (saved / "ca.pem").read_bytes(), node_token))
+    for i, (roots, token) in enumerate(attempts):
+        client = FarmClient(open_channel(host, port, roots()), token, where=f"the head at {host}:{port}")
+        try:
+            return key_pem, client.join(name, csr_pem, probe.hardware(), f"{cfg.advertise}:{agent_port}", cfg.policy)
+        except Unauthenticated:
+            if i == len(attempts) - 1:
+                raise
+        finally:
+            client.close()
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def save(folder: Path, head: str, key_pem: bytes, grant: JoinGrant) -> None:
@@ -95,7 +108,7 @@ class JoinedNode:
 
     def start(self) -> None:
         host, port = _listen_port(self.cfg.listen)
-        key_pem, self.grant = request_join(self.cfg, self.probe, port)
+        key_pem, self.grant = request_join(self.cfg, self.probe, port, self.folder)
         save(self.folder, self.cfg.head, key_pem, self.grant)
         worker = None
         if self.cfg.start_worker:

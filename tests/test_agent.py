@@ -11,33 +11,20 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cluster_harness import FakeProbe
+
 from farm import convert
 from farm.auth import bearer
 from farm.control_client import open_channel
-from farm.hardware import Hardware, ProcessSample, Telemetry
+from farm.hardware import ProcessSample
 from farm.pki import FarmCA, TlsIdentity, new_key_and_csr, node_host
 from farm.service import NodeStatus, OwnerPolicy
 from node.agent import Agent
 from node.agent_server import serve_agent
-from node.probe import SimulatedGpus
 from node.worker import Supervisor, WorkerCommand
 from protos.farm.v1 import agent_pb2, agent_pb2_grpc
 
 POLICY = OwnerPolicy(vram_cap_gib=10.0, pause_programs=("eldenring.exe",))
-
-
-class FakeProbe:
-    """A PC whose process list the test writes."""
-
-    def __init__(self) -> None:
-        self.processes: list[ProcessSample] = []
-        self.gpus = SimulatedGpus([12.0]).gpus()
-
-    def hardware(self) -> Hardware:
-        return Hardware("pc1", "Linux test", 4, 16.0, self.gpus)
-
-    def telemetry(self) -> Telemetry:
-        return Telemetry(time.time(), self.gpus, 5.0, 4.0, 16.0, tuple(self.processes))
 
 
 class Clock:

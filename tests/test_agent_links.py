@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from fake_farm import FakeFarm
-from test_agent import FakeProbe
+from cluster_harness import FakeProbe
 
 from farm.agent_links import AgentLinks, NodesWithTelemetry, RemoteAgent
 from farm.hardware import ProcessSample

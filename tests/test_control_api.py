@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cluster_harness import HARDWARE, Head
 from fake_farm import FakeFarm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -17,34 +18,12 @@ from farm.control_client import FarmClient, open_channel
 from farm.control_server import serve_control
 from farm.credentials import HeadCredentials
 from farm.errors import FarmError, InvalidInput, NotFound, Unauthenticated, Unreachable
-from farm.hardware import GpuSample, Hardware
 from farm.jobspec import make_job
 from farm.membership import Membership
 from farm.model import JobStatus
 from farm.pki import FarmCA, PinMismatch, fetch_pinned_cert, new_key_and_csr, node_host, pin
 from farm.service import NodeShare, NodeStatus, OwnerPolicy, ShardView
 from protos.farm.v1 import control_pb2, control_pb2_grpc
-
-HARDWARE = Hardware("pc3", "Linux", 8, 32.0, (GpuSample(0, "RTX 4090", 24.0), GpuSample(1, "RTX 3060", 12.0)))
-
-
-class Head:
-    def __init__(self, folder: Path) -> None:
-        self.farm = FakeFarm()
-        self.creds = HeadCredentials.load_or_create(folder)
-        self.joined: list[str] = []
-        self.removed: list[str] = []
-        self.members = Membership(folder, self.creds.ca, self.creds.tokens, "10.0.0.1:6379", "ray-secret",
-                                  on_join=lambda m: self.joined.append(m.name),
-                                  on_remove=lambda m: self.removed.append(m.name))
-        self.server, self.port = serve_control(self.farm, "127.0.0.1:0", tls=self.creds.tls,
-                                               tokens=self.creds.tokens, membership=self.members)
-
-    def client(self, token: str | None = "", roots: bytes | None | str = "") -> FarmClient:
-        roots_pem = self.creds.tls.cert_pem if roots == "" else roots
-        return FarmClient(open_channel("127.0.0.1", self.port, roots_pem),  # type: ignore[arg-type]
-                          self.creds.tokens.farm_token if token == "" else token, timeout=5)
-
 
 @pytest.fixture
 def head(tmp_path: Path) -> Iterator[Head]:
