@@ -80,7 +80,8 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
 
     join = sub.add_parser("join", help="join this PC to a farm: run its agent and its Ray worker")
     join.add_argument("head_address", metavar="HEAD", help="the head, HOST or HOST:PORT")
-    join.add_argument("--token", required=True, help="the farm token that `farm head` printed")
+    join.add_argument("--token", default=os.environ.get("FARM_TOKEN"),
+                      help="the farm token that `farm head` printed (default: FARM_TOKEN, which keeps it out of `ps`)")
     join.add_argument("--listen", default="0.0.0.0:7071", help="where this PC's agent listens (default 0.0.0.0:7071)")
     join.add_argument("--advertise", default="", metavar="HOST",
                       help="the address the head reaches this PC at (default: as the head sees it)")
@@ -189,6 +190,8 @@ def _join(args: argparse.Namespace) -> int:
     from node.join import JoinConfig, JoinedNode
     from node.probe import detect_gpus
 
+    if not args.token:
+        raise InvalidInput("--token", "is required: the token from the `farm join` line that `farm head` printed")
     wrapper = tuple(shlex.split(args.ray_wrapper)) or (("wsl.exe", "--") if platform.system() == "Windows" else ())
     config = JoinConfig(head=args.head_address, token=args.token, name=args.name or _default_name(), home=farm_home(),
                         listen=args.listen, advertise=args.advertise, policy=_policy(args), wrapper=wrapper,

@@ -119,6 +119,7 @@ def test_bad_job_is_refused_before_it_reaches_the_head(head: LocalHead, tmp_path
     (["jobs", "--head", "127.0.0.1:1", "--token", "farm1." + "0" * 32 + ".x"], "cannot reach the head", 1),
     (["jobs", "--head", "127.0.0.1:1", "--token", "nonsense"], "--token: is not a farm token", 2),
     (["node", "drain", "pc1"], "no head to talk to", 1),
+    (["join", "127.0.0.1:1"], "--token: is required", 2),
 ])
 def test_client_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str], message: str, code: int) -> None:
     env = {**os.environ, "FARM_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
