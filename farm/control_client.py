@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -47,7 +47,7 @@ def open_channel(host: str, port: int, roots_pem: bytes | None, server_name: str
     return grpc.secure_channel(target, credentials, options=[("grpc.ssl_target_name_override", server_name)])
 
 
-def raise_for(error: grpc.RpcError, where: str) -> None:
+def raise_for(error: grpc.RpcError, where: str) -> NoReturn:
     """Re-raise a gRPC error as the farm error a user can read in one line."""
     code, details = error.code(), error.details() or ""  # type: ignore[attr-defined]
     field, _, message = details.partition(": ")
@@ -129,7 +129,6 @@ class FarmClient:
             return [convert.event_from_proto(e) for e in stream]
         except grpc.RpcError as e:
             raise_for(e, self._where)
-            raise
 
     def follow_events(self, after: int) -> Iterator[Event]:
         """Every event after `after` as it happens, until the caller stops iterating."""
