@@ -9,6 +9,7 @@ agent is followed for the owner's rules and telemetry.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -52,6 +53,11 @@ class HeadConfig:
     policy: OwnerPolicy = field(default_factory=OwnerPolicy)
     ray: str = "ray"
     ray_ports_from: int | None = None  # pin Ray's per-node ports to a range (see node.worker.fixed_ports)
+
+
+def ray_token_auth_supported() -> bool:
+    """Whether the installed Ray has token authentication (RAY_AUTH_MODE=token), which older releases lack."""
+    return importlib.util.find_spec("ray._private.authentication") is not None
 
 
 def ray_secret(folder: Path) -> str:
@@ -135,6 +141,8 @@ class Head:
 
     def start(self) -> None:
         cfg = self.config
+        if not ray_token_auth_supported():
+            log.warning("this Ray has no token authentication: allow port %d from farm PCs only", cfg.ray_port)
         probe = HostProbe(self.gpus)
         own = nodes_for(cfg.name, probe.hardware(), cfg.policy)
         _use_ray_token(self.ray_token)

@@ -77,13 +77,21 @@ def farm(tmp_path: Path) -> Iterator[Farm]:
 
 
 def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm) -> None:
+    ray_port = free_port()
     head = farm.spawn("head", "head", "--advertise", "127.0.0.1", "--bind", "127.0.0.1", "--port", "0",
-                      "--ray-port", str(free_port()), "--simulate-gpu", "8", "--name", "headpc", "--out", "out")
+                      "--ray-port", str(ray_port), "--simulate-gpu", "8", "--name", "headpc", "--out", "out")
     join_cmd = read_line(head, "farm join", timeout=240).split()
     address, token = join_cmd[2], join_cmd[4]
     joined = farm.spawn("pc2", "join", address, "--token", token, "--simulate-gpu", "12", "--name", "pc2",
                         "--listen", "127.0.0.1:0")
     read_line(joined, "joined", timeout=120)
+
+    # Ray itself refuses a client without the cluster's token.
+    ray = Path(sys.executable).with_name("ray")
+    env = {k: v for k, v in farm.env("stranger").items() if not k.startswith("RAY_AUTH")}
+    stranger = subprocess.run([str(ray), "status", "--address", f"127.0.0.1:{ray_port}"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert stranger.returncode != 0 and "token" in (stranger.stdout + stranger.stderr).lower()
 
     # Keep the work off the head's own node: the job must render on the joined PC.
     assert farm.cli("node", "pause", "headpc").returncode == 0
