@@ -22,7 +22,7 @@ import ray
 
 from farm.agent_links import AgentLinks, NodesWithTelemetry, RemoteAgent
 from farm.control_server import serve_control
-from farm.coordinator import Coordinator, NodeRuntime
+from farm.coordinator import Coordinator
 from farm.credentials import HeadCredentials
 from farm.errors import FarmError
 from farm.executor import NODE_RESOURCE, RayExecutor, SegmentWorker
@@ -85,32 +85,29 @@ def _use_ray_token(token: str) -> None:
 
 def add_node(coordinator: Coordinator, executor: RayExecutor, info: NodeInfo, home: Path | None,
              new_worker: bool = False) -> None:
-    """Make a joined GPU a node of a running farm: an actor pinned to its resource, a coordinator entry.
-    With `new_worker` (its PC's Ray worker was started again), replace the actor that died with the
-    old worker, keeping the node's pause or drain.
+    """Make a joined GPU a node of a running farm: an actor pinned to its resource, then the
+    coordinator's `node_joined`. With `new_worker` (its PC's Ray worker was started again), the actor
+    that died with the old worker is replaced; the node keeps its pause or drain."""
+    known = coordinator.nodes.get(info.name)
+    if known is not None and (known.running or not (known.lost or new_worker)):
+        return  # busy on a live actor, or nothing changed
+    _replace_actor(executor, info, home)
+    coordinator.node_joined(info)
 
-    The executor and coordinator are built for a fixed node list; this grows both the way their own
-    constructors fill them (to move into them as `add_node` when they own growth themselves).
-    """
-    with coordinator._lock:
-        known = coordinator.nodes.get(info.name)
-        if known is not None and (known.running or not (known.lost or new_worker)):
-            return  # busy on a live actor, or nothing changed
-        old = executor.actors.get(info.name)
-        if old is not None:
-            try:
-                ray.kill(old, no_restart=True)
-            except Exception:  # already gone with its worker
-                log.debug("actor of %s already gone", info.name)
-        remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
-        executor.actors[info.name] = remote.options(num_cpus=0, resources={NODE_RESOURCE + info.name: 1}).remote(
-            info, str(home) if home else None, executor.events)
-        executor._nodes = [n for n in executor._nodes if n.name != info.name] + [info]
-        runtime = NodeRuntime(info)
-        if known is not None:
-            runtime.paused, runtime.draining = known.paused, known.draining
-        coordinator.nodes[info.name] = runtime
-        coordinator._emit("node_joined", node=info.name, message=f"{info.gpu}, {info.vram_gib:g} GiB")
+
+def _replace_actor(executor: RayExecutor, info: NodeInfo, home: Path | None) -> None:
+    """A new `SegmentWorker` for `info`, made as `RayExecutor.__init__` makes them (the executor is
+    built for a fixed node list; this belongs there as `add_node` once it grows nodes itself)."""
+    old = executor.actors.get(info.name)
+    if old is not None:
+        try:
+            ray.kill(old, no_restart=True)
+        except Exception:  # already gone with its worker
+            log.debug("actor of %s already gone", info.name)
+    remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
+    executor.actors[info.name] = remote.options(num_cpus=0, resources={NODE_RESOURCE + info.name: 1}).remote(
+        info, str(home) if home else None, executor.events)
+    executor._nodes = [n for n in executor._nodes if n.name != info.name] + [info]
 
 
 class Head:
