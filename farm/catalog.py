@@ -46,6 +46,8 @@ class ModelInfo:
     max_frames: int = 1  # 1: an image model
     fps: int = 0  # a video model's frame rate
     default_sampler: str = "euler_a"
+    # A real model's folder on this PC (a local diffusers folder or a cached Hugging Face snapshot).
+    source: str | None = None
 
     @property
     def samplers(self) -> tuple[str, ...]:
@@ -112,7 +114,15 @@ MODELS: dict[str, ModelInfo] = {
 
 
 def get_model(name: str) -> ModelInfo:
-    try:
+    """A built-in model by name, or a real one: a local diffusers folder or a cached Hugging Face id."""
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        raise InvalidInput("model", f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
+    from farm.sources import external_model  # reads model_index.json: only for names that are not built in
+
+    info = external_model(name)
+    if info is None:
+        raise InvalidInput(
+            "model", f"unknown model {name!r}: give a built-in name ({', '.join(sorted(MODELS))}), a diffusers "
+            "folder, or a Hugging Face id downloaded on this PC (huggingface-cli download ID)"
+        )
+    return info

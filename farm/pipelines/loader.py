@@ -29,6 +29,8 @@ def builtin_folder(name: str, home: Path | None = None) -> Path:
     a model; the weights come from a fixed seed, so every PC builds the same bytes.
     """
     info = get_model(name)
+    if info.source:
+        return Path(info.source)
     if info.bundled:
         return Path(__file__).resolve().parent.parent / info.bundled
     target = (home or farm_home()) / "models" / name
