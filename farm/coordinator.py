@@ -22,7 +22,7 @@ from pathlib import Path
 
 from farm import planner, queue
 from farm.catalog import get_model
-from farm.errors import InvalidInput, NodeLost
+from farm.errors import InvalidInput, NodeLost, NotFound
 from farm.ids import new_job_id
 from farm.model import (
     JobSpec,
@@ -193,7 +193,7 @@ class Coordinator:
         try:
             return self.jobs[job_id]
         except KeyError:
-            raise InvalidInput("job", f"no job {job_id!r}") from None
+            raise NotFound("job", f"no job {job_id!r}") from None
 
     def _context(self) -> planner.PlanContext:
         started = [
@@ -336,7 +336,7 @@ class Coordinator:
         try:
             return self.nodes[name]
         except KeyError:
-            raise InvalidInput("node", f"no node {name!r}; nodes: {', '.join(sorted(self.nodes))}") from None
+            raise NotFound("node", f"no node {name!r}; nodes: {', '.join(sorted(self.nodes))}") from None
 
     def list_nodes(self) -> list[NodeView]:
         with self._lock:

@@ -63,18 +63,29 @@ class RayExecutor:
         # take it along.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.events = Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": here})
-        # max_concurrency=2: `stop` must run while `run` is busy.
-        remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
-        self.actors = {
-            n.name: remote.options(num_cpus=0, resources={NODE_RESOURCE + n.name: 1}).remote(
-                n, str(home) if home else None, self.events
-            )
-            for n in self._nodes
-        }
+        self.home = home
+        self.actors: dict[str, ray.actor.ActorHandle] = {}
+        for n in self._nodes:
+            self.add_node(n)
         self.pending: dict[ray.ObjectRef, str] = {}
 
     def nodes(self) -> list[NodeInfo]:
         return list(self._nodes)
+
+    def add_node(self, info: NodeInfo) -> None:
+        """A `SegmentWorker` for `info` (a PC that joined, or whose Ray worker restarted), replacing
+        the old one if there was one."""
+        old = self.actors.get(info.name)
+        if old is not None:
+            try:
+                ray.kill(old, no_restart=True)
+            except RayActorError:  # already gone with its worker
+                pass
+        # max_concurrency=2: `stop` must run while `run` is busy.
+        remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
+        self.actors[info.name] = remote.options(num_cpus=0, resources={NODE_RESOURCE + info.name: 1}).remote(
+            info, str(self.home) if self.home else None, self.events)
+        self._nodes = [n for n in self._nodes if n.name != info.name] + [info]
 
     def submit(self, node: str, task: SegmentTask) -> ray.ObjectRef:
         ref = self.actors[node].run.remote(task)

@@ -25,7 +25,7 @@ from farm.control_server import serve_control
 from farm.coordinator import Coordinator
 from farm.credentials import HeadCredentials
 from farm.errors import FarmError
-from farm.executor import NODE_RESOURCE, RayExecutor, SegmentWorker
+from farm.executor import RayExecutor
 from farm.membership import Member, Membership, nodes_for
 from farm.model import NodeInfo
 from farm.outputs import PngWriter
@@ -83,31 +83,15 @@ def _use_ray_token(token: str) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def add_node(coordinator: Coordinator, executor: RayExecutor, info: NodeInfo, home: Path | None,
-             new_worker: bool = False) -> None:
+def add_node(coordinator: Coordinator, executor: RayExecutor, info: NodeInfo, new_worker: bool = False) -> None:
     """Make a joined GPU a node of a running farm: an actor pinned to its resource, then the
     coordinator's `node_joined`. With `new_worker` (its PC's Ray worker was started again), the actor
     that died with the old worker is replaced; the node keeps its pause or drain."""
     known = coordinator.nodes.get(info.name)
     if known is not None and (known.running or not (known.lost or new_worker)):
         return  # busy on a live actor, or nothing changed
-    _replace_actor(executor, info, home)
+    executor.add_node(info)
     coordinator.node_joined(info)
-
-
-def _replace_actor(executor: RayExecutor, info: NodeInfo, home: Path | None) -> None:
-    """A new `SegmentWorker` for `info`, made as `RayExecutor.__init__` makes them (the executor is
-    built for a fixed node list; this belongs there as `add_node` once it grows nodes itself)."""
-    old = executor.actors.get(info.name)
-    if old is not None:
-        try:
-            ray.kill(old, no_restart=True)
-        except Exception:  # already gone with its worker
-            log.debug("actor of %s already gone", info.name)
-    remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SegmentWorker)
-    executor.actors[info.name] = remote.options(num_cpus=0, resources={NODE_RESOURCE + info.name: 1}).remote(
-        info, str(home) if home else None, executor.events)
-    executor._nodes = [n for n in executor._nodes if n.name != info.name] + [info]
 
 
 class Head:
@@ -180,7 +164,7 @@ class Head:
     def _joined(self, member: Member) -> None:
         assert self.coordinator is not None and self.executor is not None and self.links is not None
         for info in member.nodes:
-            add_node(self.coordinator, self.executor, info, self.config.home)
+            add_node(self.coordinator, self.executor, info)
         self.links.add(member.name, tuple(n.name for n in member.nodes),
                        RemoteAgent(member, self.creds.ca.cert_pem))
 
@@ -188,7 +172,7 @@ class Head:
         assert self.coordinator is not None and self.executor is not None and self.membership is not None
         info = next((n for m in self.membership.members() for n in m.nodes if n.name == node), None)
         if info is not None:
-            add_node(self.coordinator, self.executor, info, self.config.home, new_worker=True)
+            add_node(self.coordinator, self.executor, info, new_worker=True)
 
     def _removed(self, member: Member) -> None:
         """A removed PC drains (its segment in flight finishes) and its agent is no longer followed."""
