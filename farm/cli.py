@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="render the built-in demo job on an embedded farm of 3 simulated nodes")
     _common(demo)
+    demo.add_argument("--tui", action="store_true", help="watch and steer it in the terminal dashboard")
 
     render = sub.add_parser("render", help="render prompts on the embedded farm")
     render.add_argument("prompts", nargs="*", help="one or more prompts")
@@ -99,8 +100,13 @@ def _execute(args: argparse.Namespace) -> int:
     nodes = simulated_nodes()
     if job is not None:
         admit(job, nodes)  # refused before any process starts
-    with JobProgress() as progress:
-        views = render_embedded(job, nodes, args.out, progress, state=args.state)
+    if getattr(args, "tui", False):
+        from farm.embedded import dashboard_embedded
+
+        views = dashboard_embedded(job, nodes, args.out, state=args.state)
+    else:
+        with JobProgress() as progress:
+            views = render_embedded(job, nodes, args.out, progress, state=args.state)
     if not views:
         print("farm: nothing to resume: every job in the store is finished", file=sys.stderr)
     for view in views:

@@ -64,3 +64,27 @@ def render_embedded(job: JobSpec | None, nodes: Sequence[NodeInfo], out: Path, p
     finally:
         if store is not None:
             store.close()
+
+
+def dashboard_embedded(job: JobSpec, nodes: Sequence[NodeInfo], out: Path, home: Path | None = None,
+                       state: Path | None = None) -> list[JobView]:
+    """The embedded farm with the Textual dashboard in front: the loop runs on a thread while the
+    dashboard shows it and steers it; quitting the dashboard stops the farm (with `state`, unfinished
+    work resumes with `farm resume`)."""
+    from tui.app import make_app  # textual loads only for the dashboard
+
+    admit(job, nodes)
+    store = Store(state) if state is not None else None
+    try:
+        with embedded_farm(nodes, home) as executor:
+            coordinator = Coordinator(executor, PngWriter(out), store=store)
+            job_id = coordinator.submit(job)
+            coordinator.start()
+            try:
+                make_app(coordinator, head="embedded farm").run()
+            finally:
+                coordinator.stop()
+            return [coordinator.get_job(job_id)]
+    finally:
+        if store is not None:
+            store.close()
