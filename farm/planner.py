@@ -205,7 +205,9 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
     options = {job_id: _options(d, nodes, context) for job_id, d in demands}
     capacity = {job_id: sum(context.speeds.relative_speed(o.node, d.shape.family) for o in options[job_id])
                 for job_id, d in demands}
-    order = sorted(range(len(demands)), key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], i))
+    longest = {job_id: max(_sample_seconds(d.shape, d.steps, o.fit, o.node, context.speeds) for o in options[job_id])
+               for job_id, d in demands}
+    order = sorted(range(len(demands)), key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], -longest[demands[i][0]], i))
     backlog = {n.name: context.backlog.get(n.name, 0.0) for n in nodes}
     loaded = {n.name: context.loaded.get(n.name, frozenset()) for n in nodes}
     by_name = {n.name: n for n in nodes}

@@ -71,3 +71,10 @@ def assert_cuts_equal_uncut(e: Engines, job: JobSpec) -> None:
     uncut = run_cut(e, job, None)
     for cut in schedulers.whole_step_ends(job.sampler, job.steps)[1:-1]:
         assert torch.equal(run_cut(e, job, cut), uncut), f"cut at evaluation {cut} changed the latents"
+
+
+def full_run(engine: Engine, job: JobSpec) -> list:
+    """The engine's uncut run of the whole job, decoded: what `engine.plain` must equal."""
+    live = engine.encode(job, job.samples())
+    live = engine.denoise(live, schedulers.evaluations(job.sampler, job.steps))
+    return engine.decode(live)

@@ -4,14 +4,13 @@ process on 127.0.0.1 port 0 over TLS with a node certificate from the farm CA an
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-
 from cluster_harness import FakeProbe
+from waiting import wait_until
 
 from farm import convert
 from farm.auth import bearer
@@ -35,14 +34,6 @@ class Clock:
         return self.now
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 @pytest.fixture
 def worker() -> Iterator[Supervisor]:
@@ -56,7 +47,7 @@ def test_a_game_pauses_the_node_and_stops_the_worker_and_resume_restarts_it(work
     probe, clock = FakeProbe(), Clock()
     agent = Agent(probe, POLICY, worker, release_s=5, settle_s=30, clock=clock, minute_of_day=lambda: 600)
     assert agent.tick().status == NodeStatus.IDLE
-    assert _wait(lambda: worker.running)
+    assert wait_until(lambda: worker.running)
     probe.processes = [ProcessSample(4242, "EldenRing.exe", True)]
     clock.now = 1
     snap = agent.tick()
@@ -64,29 +55,29 @@ def test_a_game_pauses_the_node_and_stops_the_worker_and_resume_restarts_it(work
     assert worker.running  # the head gets `release_s` to checkpoint the segment at a step boundary
     clock.now = 7
     agent.tick()
-    assert _wait(lambda: not worker.running and not worker.wanted)
+    assert wait_until(lambda: not worker.running and not worker.wanted)
     probe.processes = []
     clock.now = 8
     assert agent.tick().status == NodeStatus.PAUSED  # settling
     clock.now = 40
     assert agent.tick().status == NodeStatus.IDLE
-    assert _wait(lambda: worker.running)
+    assert wait_until(lambda: worker.running)
 
 
 def test_drain_keeps_the_worker_for_the_segment_in_flight_then_stops_it(worker: Supervisor) -> None:
     clock = Clock()
     agent = Agent(FakeProbe(), POLICY, worker, drain_s=60, clock=clock, minute_of_day=lambda: 600)
     agent.tick()
-    assert _wait(lambda: worker.running)
+    assert wait_until(lambda: worker.running)
     assert agent.drain("maintenance").status == NodeStatus.DRAINING
     clock.now = 30
     agent.tick()
     assert worker.running
     clock.now = 61
     agent.tick()
-    assert _wait(lambda: not worker.running)
+    assert wait_until(lambda: not worker.running)
     assert agent.resume().status == NodeStatus.IDLE
-    assert _wait(lambda: worker.running)
+    assert wait_until(lambda: worker.running)
 
 
 class AgentPeer:
@@ -161,7 +152,7 @@ def test_the_farm_over_the_owners_vram_cap_pauses(worker: Supervisor) -> None:
     probe, clock = FakeProbe(), Clock()
     agent = Agent(probe, POLICY, worker, clock=clock, minute_of_day=lambda: 600)
     agent.tick()
-    assert _wait(lambda: worker.pid is not None)
+    assert wait_until(lambda: worker.pid is not None)
     probe.processes = [ProcessSample(worker.pid, "raylet", True, 6.0)]  # type: ignore[arg-type]
     assert agent.tick().status == NodeStatus.IDLE
     probe.processes = [ProcessSample(worker.pid, "raylet", True, 10.5)]  # type: ignore[arg-type]

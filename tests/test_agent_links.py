@@ -3,11 +3,11 @@ fills the node view, and an operator's pause reaches the agent."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from fake_farm import FakeFarm
 from cluster_harness import FakeProbe
+from fake_farm import FakeFarm
+from waiting import wait_until
 
 from farm.agent_links import AgentLinks, NodesWithTelemetry, RemoteAgent
 from farm.hardware import ProcessSample
@@ -17,15 +17,6 @@ from farm.pki import FarmCA, TlsIdentity, new_key_and_csr, node_host
 from farm.service import NodeStatus, OwnerPolicy
 from node.agent import Agent, InProcessHandle
 from node.agent_server import serve_agent
-
-
-def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def status(farm: FakeFarm, name: str) -> NodeStatus:
@@ -46,18 +37,18 @@ def test_owner_rules_reach_the_coordinator_and_operator_commands_reach_the_agent
     try:
         links.add("pc1", ("pc1",), RemoteAgent(Member("pc1", f"127.0.0.1:{port}", (NodeInfo("pc1", 12.0),), "tok"),
                                                ca.cert_pem))
-        assert _wait(lambda: links.reading("pc1") is not None)
+        assert wait_until(lambda: links.reading("pc1") is not None)
         view = next(v for v in head.list_nodes() if v.info.name == "pc1")
         assert view.policy.pause_programs == ("eldenring.exe",) and view.status == NodeStatus.IDLE
 
         probe.processes = [ProcessSample(99, "eldenring.exe", True)]
         agent.tick()
-        assert _wait(lambda: status(farm, "pc1") == NodeStatus.PAUSED)
+        assert wait_until(lambda: status(farm, "pc1") == NodeStatus.PAUSED)
         assert "eldenring.exe running" in next(v for v in head.list_nodes() if v.info.name == "pc1").pause_reason
         probe.processes = []
         agent.tick()
         agent.tick()
-        assert _wait(lambda: status(farm, "pc1") == NodeStatus.IDLE)
+        assert wait_until(lambda: status(farm, "pc1") == NodeStatus.IDLE)
 
         head.drain_node("pc1")  # the operator, through the head's service
         assert status(farm, "pc1") == NodeStatus.DRAINING and agent.latest(0, 0).status == NodeStatus.DRAINING
@@ -67,7 +58,7 @@ def test_owner_rules_reach_the_coordinator_and_operator_commands_reach_the_agent
         assert kinds.count("node_draining") == 1  # the agent's echo of the operator's drain is not applied twice
 
         server.stop(None)  # the PC goes away: it gets no new work until its agent answers again
-        assert _wait(lambda: status(farm, "pc1") == NodeStatus.PAUSED)
+        assert wait_until(lambda: status(farm, "pc1") == NodeStatus.PAUSED)
     finally:
         links.remove("pc1")
         server.stop(None)
@@ -81,10 +72,10 @@ def test_the_heads_own_agent_links_in_process() -> None:
     links.add("pc2", ("pc2",), InProcessHandle(agent))
     try:
         agent.tick()
-        assert _wait(lambda: links.reading("pc2") is not None)
+        assert wait_until(lambda: links.reading("pc2") is not None)
         probe.processes = [ProcessSample(5, "steam", False)]
         agent.tick()
-        assert _wait(lambda: status(farm, "pc2") == NodeStatus.PAUSED)
+        assert wait_until(lambda: status(farm, "pc2") == NodeStatus.PAUSED)
         links.command("pc2", None, "")  # the head forwards an operator's resume
         assert agent.latest(0, 0).status == NodeStatus.IDLE
     finally:
@@ -105,15 +96,15 @@ def test_a_restarted_ray_worker_gets_new_actors(tmp_path: Path) -> None:
     links.add("pc2", ("pc2",), InProcessHandle(agent))
     try:
         agent.tick()
-        assert _wait(lambda: worker.running and links.reading("pc2") is not None)
+        assert wait_until(lambda: worker.running and links.reading("pc2") is not None)
         probe.processes = [ProcessSample(5, "steam", False)]
         agent.tick()
         agent.tick()  # release_s=0: the second reading stops the worker
-        assert _wait(lambda: not worker.running)
+        assert wait_until(lambda: not worker.running)
         assert revived == []
         probe.processes = []
         # The new worker is a new Ray node: its actor must be made again (the agent ticks until it shows).
-        assert _wait(lambda: agent.tick() is not None and revived == ["pc2"])
+        assert wait_until(lambda: agent.tick() is not None and revived == ["pc2"])
     finally:
         links.remove("pc2")
         worker.stop()

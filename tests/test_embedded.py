@@ -13,7 +13,7 @@ from farm.coordinator import Coordinator
 from farm.demo import demo_job
 from farm.executor import RayExecutor
 from farm.jobspec import make_job
-from farm.model import JobSpec, Sample, SegmentResult, SegmentTask
+from farm.model import JobSpec, SegmentResult, SegmentTask
 from farm.outputs import PngWriter, read_provenance
 from farm.service import JobView
 

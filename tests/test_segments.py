@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from segment_harness import Case, assert_cuts_equal_uncut, job_for
+from segment_harness import Case, assert_cuts_equal_uncut, full_run, job_for
 
 from farm.errors import InvalidInput
 from farm.jobspec import make_job
@@ -24,9 +24,7 @@ def test_cut_at_every_step_boundary_equals_uncut(case: Case, engines) -> None:
 def test_engine_equals_plain_pipeline_call(case: Case, engines) -> None:
     job = job_for(case)
     engine = engines(case.family).first
-    live = engine.encode(job, job.samples())
-    live = engine.denoise(live, schedulers.evaluations(job.sampler, job.steps))
-    for ours, theirs in zip(engine.decode(live), engine.plain(job, job.samples())):
+    for ours, theirs in zip(full_run(engine, job), engine.plain(job, job.samples())):
         assert np.array_equal(ours, theirs)
 
 

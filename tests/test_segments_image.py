@@ -8,13 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from segment_harness import Case, assert_cuts_equal_uncut, job_for, run_cut
+from segment_harness import Case, assert_cuts_equal_uncut, full_run, job_for, run_cut
 
 from farm import wire
 from farm.catalog import FAMILY_SAMPLERS, get_model
 from farm.errors import InvalidInput
 from farm.jobspec import make_job
-from farm.pipelines import schedulers
 from farm.pipelines.engine import Engine
 from farm.pipelines.families import get_family
 from farm.pipelines.families.sdxl import refiner_from
@@ -57,9 +56,7 @@ def test_refiner_cut_at_every_step_boundary_equals_uncut(case: Case, engines) ->
 def test_engine_equals_plain_pipeline_call(case: Case, engines) -> None:
     job = job_for(case)
     engine = engines(case.family).first
-    live = engine.encode(job, job.samples())
-    live = engine.denoise(live, schedulers.evaluations(job.sampler, job.steps))
-    ours, theirs = engine.decode(live), engine.plain(job, job.samples())
+    ours, theirs = full_run(engine, job), engine.plain(job, job.samples())
     assert len(ours) == len(theirs) == 2
     for a, b in zip(ours, theirs):
         assert a.shape == (job.height, job.width, 3) and a.std() > 1  # a picture, not a flat field

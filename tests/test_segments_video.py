@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from segment_harness import Case, Engines, assert_cuts_equal_uncut, job_for
+from segment_harness import Case, Engines, assert_cuts_equal_uncut, full_run, job_for
 
 from farm import wire
 from farm.catalog import get_model
@@ -44,9 +44,7 @@ def test_cut_at_every_step_boundary_equals_uncut(case: Case, engines) -> None:
 def test_engine_equals_plain_pipeline_call(case: Case, engines) -> None:
     job = job_for(case)
     engine = engines(case.family).first
-    live = engine.encode(job, job.samples())
-    live = engine.denoise(live, schedulers.evaluations(job.sampler, job.steps))
-    ours, theirs = engine.decode(live), engine.plain(job, job.samples())
+    ours, theirs = full_run(engine, job), engine.plain(job, job.samples())
     assert len(ours) == len(theirs) == len(job.samples())
     for a, b in zip(ours, theirs):
         assert a.shape == (job.frames, job.height, job.width, 3) and a.dtype == np.uint8

@@ -9,8 +9,17 @@ import sys
 import time
 from pathlib import Path
 
+from waiting import wait_until
+
 from farm.model import NodeInfo
-from node.worker import NODE_RESOURCE, NODE_SLOTS, Supervisor, WorkerCommand, ray_head_command, ray_start_command
+from node.worker import (
+    NODE_RESOURCE,
+    NODE_SLOTS,
+    Supervisor,
+    WorkerCommand,
+    ray_head_command,
+    ray_start_command,
+)
 
 NODES = (NodeInfo("pc1-gpu0", 24.0, gpu="RTX 4090"), NodeInfo("pc1-gpu1", 12.0, gpu="RTX 3060"))
 
@@ -54,14 +63,6 @@ def test_resource_names_match_the_executor() -> None:
     assert (NODE_RESOURCE, NODE_SLOTS) == (executor.NODE_RESOURCE, executor.NODE_SLOTS)
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 def test_supervisor_restarts_a_dead_worker_and_stops_it_on_request(tmp_path: Path) -> None:
     starts = tmp_path / "starts"
@@ -71,11 +72,11 @@ def test_supervisor_restarts_a_dead_worker_and_stops_it_on_request(tmp_path: Pat
                      min_delay_s=0.1, on_exit=exits.append)
     sup.start()
     try:
-        assert _wait(lambda: sup.pid is not None and starts.exists())
+        assert wait_until(lambda: sup.pid is not None and starts.exists())
         first = sup.pid
         os.kill(first, signal.SIGKILL)  # the worker crashes
-        assert _wait(lambda: sup.pid not in (None, first))
-        assert sup.restarts == 1 and exits == [-signal.SIGKILL] and _wait(lambda: starts.read_text() == "xx")
+        assert wait_until(lambda: sup.pid not in (None, first))
+        assert sup.restarts == 1 and exits == [-signal.SIGKILL] and wait_until(lambda: starts.read_text() == "xx")
     finally:
         second = sup.pid
         sup.stop()
@@ -91,7 +92,7 @@ def test_supervisor_sends_the_command_env(tmp_path: Path) -> None:
     sup = Supervisor(WorkerCommand((sys.executable, "-c", script), {"RAY_AUTH_MODE": "token"}))
     sup.start()
     try:
-        assert _wait(lambda: out.exists() and out.read_text() == "token")
+        assert wait_until(lambda: out.exists() and out.read_text() == "token")
     finally:
         sup.stop()
 
@@ -99,7 +100,7 @@ def test_supervisor_sends_the_command_env(tmp_path: Path) -> None:
 def test_a_command_that_cannot_start_is_retried_not_fatal(tmp_path: Path) -> None:
     sup = Supervisor(WorkerCommand((str(tmp_path / "no-such-ray"),), {}), min_delay_s=0.05)
     sup.start()
-    assert _wait(lambda: sup.restarts >= 2)
+    assert wait_until(lambda: sup.restarts >= 2)
     sup.stop()
     assert not sup.running
 

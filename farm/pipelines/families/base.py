@@ -94,6 +94,20 @@ class Family(ABC):
         """Fix up a pipeline loaded without some components (e.g. its VAE scale factor)."""
 
 
+def plain_call(pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...], **extra: object) -> object:
+    """One ordinary pipeline call for `samples` (the baseline a cut run must equal), with the
+    arguments every family passes the same way: one generator per sample, as the farm draws them."""
+    return pipe(
+        prompt=[s.prompt for s in samples],
+        generator=[torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples],
+        num_inference_steps=job.steps,
+        height=job.height,
+        width=job.width,
+        output_type="np",
+        **extra,
+    )
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """diffusers' float-to-8-bit rule (`numpy_to_pil`): scale by 255 and round."""
     return (image * 255).round().astype("uint8")

@@ -29,7 +29,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from farm.model import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, to_uint8
+from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import MAX_TOKENS, build_t5_tokenizer, build_tokenizer
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens; the pipeline's default (Flux.1-dev)
@@ -154,13 +154,5 @@ class Flux(Family):
     @torch.no_grad()
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
-        out = pipe(
-            prompt=[s.prompt for s in samples],
-            generator=[torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples],
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            height=job.height,
-            width=job.width,
-            output_type="np",
-        )
+        out = plain_call(pipe, job, samples, guidance_scale=job.guidance)
         return [to_uint8(a) for a in out.images]

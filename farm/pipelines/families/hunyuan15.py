@@ -19,8 +19,12 @@ from diffusers import (
     HunyuanVideo15Transformer3DModel,
 )
 from diffusers.guiders import ClassifierFreeGuidance
-from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
-from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import retrieve_timesteps
+from diffusers.pipelines.hunyuan_video1_5.image_processor import (
+    HunyuanVideo15ImageProcessor,
+)
+from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import (
+    retrieve_timesteps,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import (
     ByT5Tokenizer,
@@ -33,7 +37,7 @@ from transformers import (
 
 from farm.model import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, to_uint8
+from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import build_qwen_tokenizer
 
 PROMPT_PARTS = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
@@ -197,16 +201,8 @@ class HunyuanVideo15(Family):
         pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
         pipe.guider = self.guider(pipe, job)
         decode_one_by_one(pipe)
-        out = pipe(
-            prompt=[s.prompt for s in samples],
-            negative_prompt=[job.negative_prompt] * len(samples),
-            generator=[torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples],
-            num_inference_steps=job.steps,
-            height=job.height,
-            width=job.width,
-            num_frames=job.frames,
-            output_type="np",
-        )
+        out = plain_call(pipe, job, samples, negative_prompt=[job.negative_prompt] * len(samples),
+                         num_frames=job.frames)
         return [to_uint8(v) for v in out.frames]
 
 

@@ -26,7 +26,7 @@ from transformers import T5Config, T5EncoderModel
 from farm.catalog import get_model
 from farm.model import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, to_uint8
+from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import build_t5_tokenizer
 
 
@@ -160,16 +160,7 @@ class LTX(Family):
     @torch.no_grad()
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
-        out = pipe(
-            prompt=[s.prompt for s in samples],
-            negative_prompt=[job.negative_prompt] * len(samples),
-            generator=[torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples],
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            height=job.height,
-            width=job.width,
-            num_frames=job.frames,
-            frame_rate=get_model(job.model).fps,
-            output_type="np",
-        )
+        out = plain_call(pipe, job, samples, guidance_scale=job.guidance,
+                         negative_prompt=[job.negative_prompt] * len(samples), num_frames=job.frames,
+                         frame_rate=get_model(job.model).fps)
         return [to_uint8(v) for v in out.frames]

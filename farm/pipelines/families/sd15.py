@@ -9,7 +9,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from farm.model import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, to_uint8
+from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import build_demo_pipeline
 
 
@@ -79,14 +79,6 @@ class SD15(Family):
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
         cfg = job.guidance > 1
-        out = pipe(
-            prompt=[s.prompt for s in samples],
-            negative_prompt=[job.negative_prompt] * len(samples) if cfg else None,
-            generator=[torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples],
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            height=job.height,
-            width=job.width,
-            output_type="np",
-        )
+        out = plain_call(pipe, job, samples, guidance_scale=job.guidance,
+                         negative_prompt=[job.negative_prompt] * len(samples) if cfg else None)
         return [to_uint8(a) for a in out.images]

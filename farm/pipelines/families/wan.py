@@ -24,7 +24,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from farm.model import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, to_uint8
+from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import build_t5_tokenizer
 
 
@@ -149,17 +149,8 @@ class Wan21(Family):
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         share_flow_shift(pipe.scheduler)
         pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
-        out = pipe(
-            prompt=[s.prompt for s in samples],
-            negative_prompt=[job.negative_prompt] * len(samples),
-            generator=[torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples],
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            height=job.height,
-            width=job.width,
-            num_frames=job.frames,
-            output_type="np",
-        )
+        out = plain_call(pipe, job, samples, guidance_scale=job.guidance,
+                         negative_prompt=[job.negative_prompt] * len(samples), num_frames=job.frames)
         return [to_uint8(v) for v in out.frames]
 
 
