@@ -198,8 +198,10 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
     Placing one job at a time in arrival order fills the large cards with work any card could do,
     and a video job that arrives next then queues behind it while small cards idle. So within a
     priority the jobs that fit the least capacity (the sum of speeds of the nodes that hold them)
-    are placed first, and each later job's samples go where they finish first behind them. Higher
-    priorities are placed first. Execution order stays the queue order (`plan_tick`). Call it again
+    are placed first, among those the ones whose samples take longest (a sample is indivisible:
+    placed last, a long video lands on whichever card is least full and sets the makespan, while
+    short image samples placed after it even the cards out), and each later job's samples go where
+    they finish first behind them. Higher priorities are placed first. Execution order stays the queue order (`plan_tick`). Call it again
     with the unstarted samples of every queued job whenever a job arrives. Raises DoesNotFit.
     """
     options = {job_id: _options(d, nodes, context) for job_id, d in demands}
@@ -207,7 +209,8 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
                 for job_id, d in demands}
     longest = {job_id: max(_sample_seconds(d.shape, d.steps, o.fit, o.node, context.speeds) for o in options[job_id])
                for job_id, d in demands}
-    order = sorted(range(len(demands)), key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], -longest[demands[i][0]], i))
+    order = sorted(range(len(demands)),
+                   key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], -longest[demands[i][0]], i))
     backlog = {n.name: context.backlog.get(n.name, 0.0) for n in nodes}
     loaded = {n.name: context.loaded.get(n.name, frozenset()) for n in nodes}
     by_name = {n.name: n for n in nodes}

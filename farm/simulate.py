@@ -29,7 +29,6 @@ from farm.model import NodeInfo, NodeState, ReadySegment, Shard
 from farm.speed import OFFLOAD_GIB_PER_S, SpeedBook, load_seconds, reference_decode_seconds, reference_step_seconds
 
 DISPATCH_S = 0.3  # handing a task to a node's actor and getting its result back
-DRIFT = 0.1
 HANDOFF_S = 0.5  # moving a checkpoint (latents, scheduler and RNG state) to another node
 
 
@@ -84,15 +83,6 @@ class Policy(Protocol):
     def admit(self, job: SimJob, now: float, view: View) -> None: ...
 
     def assign(self, now: float, view: View) -> list[tuple[str, Task]]: ...
-
-    def _drifted(self, node: str, family: str) -> bool:
-        new = self.speeds.factors.get((node, family))
-        old = self.planned_speeds.factors.get((node, family))
-        if new is None:
-            return False
-        if old is None:
-            return True
-        return abs(new / old - 1) > DRIFT
 
     def finished(self, node: str, task: Task, seconds: float, denoise_seconds: float) -> None: ...
 
@@ -285,7 +275,6 @@ class FarmPolicy:
         self.used: dict[str, float] = {}
         self.unplanned: dict[str, list[int]] = {}
         self.replan = False
-        self.planned_speeds = self.speeds  # the speeds the last plan used
 
     def admit(self, job: SimJob, now: float, view: View) -> None:
         self.jobs[job.job_id] = job
@@ -320,7 +309,6 @@ class FarmPolicy:
                 samples = tuple(sorted(self.unplanned.pop(job_id)))
                 demands.append((job_id, planner.Demand(job.model, job.shape, job.steps, samples, job.priority,
                                                        self.next_shard[job_id])))
-        self.planned_speeds = self.speeds
         by_name = {n.name: n for n in view.nodes}
         for job_id, shards in planner.plan_queue(demands, view.nodes, context=context).items():
             job = self.jobs[job_id]
@@ -354,15 +342,6 @@ class FarmPolicy:
             out.append((a.node, Task(run.job, run.shard.id, run.shard.sample_indices, start, end, MemoryMode(mode), need)))
         return out
 
-    def _drifted(self, node: str, family: str) -> bool:
-        new = self.speeds.factors.get((node, family))
-        old = self.planned_speeds.factors.get((node, family))
-        if new is None:
-            return False
-        if old is None:
-            return True
-        return abs(new / old - 1) > DRIFT
-
     def finished(self, node: str, task: Task, seconds: float, denoise_seconds: float) -> None:
         run = self.runs[task.shard]
         run.running = False
@@ -373,7 +352,5 @@ class FarmPolicy:
             self._drop(run)
             if not self.left[task.job.job_id]:
                 del self.queued[task.job.job_id]
-        if self._drifted(node, task.job.shape.family) and any(r.next_index == 0 and not r.running for r in self.runs.values()):
-            self.replan = True
         if not self.home_left.get(node) and any(r.next_index == 0 and not r.running for r in self.runs.values()):
             self.replan = True
