@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -83,6 +83,7 @@ class JobState:
     error: str = ""
     failures: int = 0
     node_failures: dict[str, int] = field(default_factory=dict)
+    next_shard: int = 0  # index of the next shard id: re-planned shards get new, unique ids
 
     @property
     def blocked(self) -> set[str]:
@@ -139,6 +140,7 @@ class Coordinator:
         self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._replan = False
         self.store = store
         if store is not None:
             self._events.extend(store.load_events(EVENTS_KEPT))
@@ -156,6 +158,7 @@ class Coordinator:
         for s in stored.shards:
             run = ShardRun(s.shard, s.next_index, s.step, s.checkpoint, list(s.runs), progress=s.step)
             job.shards[s.shard.id] = run
+            job.next_shard = max(job.next_shard, int(s.shard.id.rsplit("/s", 1)[1]) + 1)
             for r in s.runs:
                 tally = job.tallies.setdefault(r.node, NodeTally())
                 tally.segments += 1
@@ -195,10 +198,13 @@ class Coordinator:
         except KeyError:
             raise NotFound("job", f"no job {job_id!r}") from None
 
-    def _context(self) -> planner.PlanContext:
+    def _context(self, skip: Collection[str] = ()) -> planner.PlanContext:
+        """What the planner knows: learned speeds, loaded models, and each node's queued home work
+        (leaving out the shards in `skip`, which are being planned again)."""
         started = [
             (r.shard, planner.demand_of(j.spec, get_model(j.spec.model)).shape, r.step)
-            for j in self.jobs.values() if j.status not in FINAL for r in j.shards.values() if not r.done
+            for j in self.jobs.values() if j.status not in FINAL for r in j.shards.values()
+            if not r.done and r.shard.id not in skip
         ]
         infos = [n.info for n in self.nodes.values() if not n.lost]
         return planner.PlanContext(
@@ -211,7 +217,10 @@ class Coordinator:
     def submit(self, spec: JobSpec, job_id: str | None = None) -> str:
         """Queue a validated job; refuses (DoesNotFit) one no node can hold, storing nothing."""
         with self._lock:
-            job_id = job_id or new_job_id(self.clock())
+            if job_id is None:
+                job_id = new_job_id(self.clock())
+                while job_id in self.jobs:  # 16 random bits per second: rare, but a busy queue meets it
+                    job_id = new_job_id(self.clock())
             infos = [n.info for n in self.nodes.values() if not n.lost]
             shards = planner.shard_job(job_id, spec, get_model(spec.model), infos, self.max_segment_steps,
                                        context=self._context())
@@ -219,10 +228,11 @@ class Coordinator:
                 raise InvalidInput("job", f"a job {job_id!r} exists already")
             self._seq += 1
             job = JobState(job_id, spec, self._seq, self.clock(), shards={s.id: ShardRun(s) for s in shards},
-                           tallies={name: NodeTally() for name in self.nodes})
+                           tallies={name: NodeTally() for name in self.nodes}, next_shard=len(shards))
             if self.store is not None:
                 self.store.add_job(job_id, job.seq, spec, job.submitted_at, shards)
             self.jobs[job_id] = job
+            self._replan = True  # place it together with every other job's unstarted work
             self._emit("job_submitted", job_id, message=f"{len(spec.samples())} samples in {len(shards)} shards")
             return job_id
 
@@ -405,7 +415,44 @@ class Coordinator:
                 self._apply(handle, outcome)
             self._dispatch()
 
+    def _plan_again(self) -> None:
+        """Take back every unstarted shard of the waiting jobs and place all their samples at once
+        (`planner.plan_queue`): jobs that fit few cards and long videos first, each later sample where
+        it finishes first behind them. Runs when a job arrives or a node runs out of its own work."""
+        self._replan = False
+        active = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+        order = queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in active],
+                                 self.used)
+        unstarted = {
+            job_id: [r for r in self.jobs[job_id].shards.values()
+                     if r.next_index == 0 and r.step == 0 and not r.node and r.checkpoint is None]
+            for job_id in order
+        }
+        demands = []
+        for job_id, runs in unstarted.items():
+            if runs:
+                job = self.jobs[job_id]
+                samples = tuple(sorted(i for r in runs for i in r.shard.sample_indices))
+                demand = planner.demand_of(job.spec, get_model(job.spec.model))
+                demands.append((job_id, replace(demand, samples=samples, first_shard=job.next_shard)))
+        if not demands:
+            return
+        skip = {r.shard.id for runs in unstarted.values() for r in runs}
+        infos = [n.info for n in self.nodes.values() if not n.lost]
+        plans = planner.plan_queue(demands, infos, self.max_segment_steps, context=self._context(skip))
+        for job_id, shards in plans.items():
+            job = self.jobs[job_id]
+            old = [r.shard.id for r in unstarted[job_id]]
+            for shard_id in old:
+                del job.shards[shard_id]
+            job.shards.update({s.id: ShardRun(s) for s in shards})
+            job.next_shard += len(shards)
+            if self.store is not None:
+                self.store.replace_shards(job_id, old, shards)
+
     def _dispatch(self) -> None:
+        if self._replan:
+            self._plan_again()
         active = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
         if not active:
             return
@@ -466,10 +513,16 @@ class Coordinator:
         run.next_index += 1
         run.step, run.checkpoint = end, outcome.checkpoint
         written = self._deliver(job, run, outcome) if run.done else []
+        if run.done and not self._home_work(run.shard.home):
+            self._replan = True  # that node ran out of its own work: the last plan's speeds were off
         self._persist(run, [(job.id, index, str(path)) for index, path in written])
         self._emit("segment_finished", job.id, node.info.name, f"{shard_id}#{outcome.index} in {outcome.seconds:.1f}s")
         if run.done and all(r.done for r in job.shards.values()):
             self._set_status(job, JobStatus.DONE, f"{len(job.outputs)} outputs")
+
+    def _home_work(self, node: str) -> bool:
+        return any(r.shard.home == node and not r.done for j in self.jobs.values()
+                   if j.status in (JobStatus.QUEUED, JobStatus.RUNNING) for r in j.shards.values())
 
     def _persist(self, run: ShardRun, outputs: list[tuple[str, int, str]] = ()) -> None:
         if self.store is not None:

@@ -173,6 +173,14 @@ class Store:
             db.executemany("INSERT INTO shards (id, job_id, spec) VALUES (?, ?, ?)",
                            [(s.id, job_id, _shard_json(s)) for s in shards])
 
+    def replace_shards(self, job_id: str, old: list[str], new: list[Shard]) -> None:
+        """Unstarted shards planned again: drop `old`, add `new`, in one transaction."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM shards WHERE id=? AND next_index=0 AND checkpoint IS NULL",
+                           [(shard_id,) for shard_id in old])
+            db.executemany("INSERT INTO shards (id, job_id, spec) VALUES (?, ?, ?)",
+                           [(s.id, job_id, _shard_json(s)) for s in new])
+
     def update_job(self, job_id: str, *, spec: JobSpec, seq: int, status: JobStatus, started_at: float | None,
                    finished_at: float | None, error: str, failures: int, node_failures: dict[str, int]) -> None:
         with self._tx() as db:

@@ -241,3 +241,17 @@ def test_only_legal_transitions_pass(current: JobStatus) -> None:
         else:
             with pytest.raises(InvalidInput, match=f"is {current}"):
                 transition("j", current, new)
+
+
+def test_a_new_job_is_planned_together_with_the_unstarted_work_of_the_queue() -> None:
+    c, ex, sink = farm(max_segment_steps=2)
+    first = c.submit(small_job(prompts=["a", "b", "c", "d"], seeds=3))
+    video = c.submit(make_job(model="tiny-wan21", prompts=["v"], seeds=2, steps=6, frames=5))
+    c.tick(0)  # plans both jobs at once, then dispatches
+    for job_id, total in ((first, 12), (video, 2)):
+        shards = c.get_job(job_id).shards
+        assert sorted(i for s in shards for i in s.samples) == list(range(total))
+        assert len({s.id for s in shards}) == len(shards)
+    run_until_final(c, first)
+    run_until_final(c, video)
+    assert len(sink.written) == 14 and len(set((j, i) for j, i, _ in sink.written)) == 14
