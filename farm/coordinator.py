@@ -533,7 +533,9 @@ class Coordinator:
         if end > start:
             run.runs.append(StepRun(result.node, result.gpu, start, end, result.memory_mode))
             shape = planner.demand_of(job.spec, get_model(job.spec.model)).shape
-            self.speeds = self.speeds.observe(result.node, shape, run.shard.batch, end - start, result.seconds)
+            # Learn from the steps alone; a result without that timing (older node) counts whole.
+            seconds = result.denoise_seconds or result.seconds
+            self.speeds = self.speeds.observe(result.node, shape, run.shard.batch, end - start, seconds)
         tally = job.tallies.setdefault(result.node, NodeTally())
         tally.segments += 1
         tally.seconds += result.seconds

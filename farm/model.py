@@ -181,6 +181,7 @@ class SegmentResult:
     seconds: float
     checkpoint: bytes | None = None
     images: tuple[bytes, ...] = ()
+    denoise_seconds: float = 0.0  # the steps alone (no load, encode or decode): what speeds learn from
     memory_mode: str = "full"
     previews: tuple[bytes, ...] = ()  # one small PNG per sample after a middle segment
     # The step the segment reached when its node was asked to stop early (pause): the checkpoint is

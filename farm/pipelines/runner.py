@@ -76,9 +76,10 @@ class SegmentRunner:
             if cp.step != start or cp.seeds != tuple(s.seed for s in task.samples):
                 raise CheckpointError(f"checkpoint of {task.shard_id} is at evaluation {cp.step}, segment starts at {start}")
             live = engine.from_checkpoint(cp, job)
+        denoise_began = time.perf_counter()
         live = engine.denoise(live, end, stepped, should_stop)
         common = dict(shard_id=task.shard_id, index=task.index, node=self.node.name, gpu=self.node.gpu,
-                      memory_mode=engine.mode_used)
+                      memory_mode=engine.mode_used, denoise_seconds=time.perf_counter() - denoise_began)
         stopped_at = step_of[live.step] if live.step < end else None
         if task.last and stopped_at is None:
             images = tuple(a.tobytes() for a in engine.decode(live))
