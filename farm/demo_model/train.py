@@ -50,7 +50,7 @@ from farm.pipelines.tiny import build_tokenizer
 MAX_PROMPT_TOKENS = 48  # "a yellow triangle on a purple background" is 36 character tokens with BOS/EOS
 TEXT_WIDTH = 64
 # SD 1.5's noise schedule, so every sampler the farm offers (built with from_config) fits the model.
-SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,8 @@ def train_vae(cfg: Config, rng: np.random.Generator) -> AutoencoderKL:
         opt.step()
         sched.step()
         if step % cfg.log_every == 0 or step == cfg.vae_steps:
-            log(f"vae   {step:5d}/{cfg.vae_steps}  mse {mse.item():.5f}  kl {kl.item():.3f}  {time.perf_counter() - began:6.0f}s")
+            log(f"vae   {step:5d}/{cfg.vae_steps}  mse {mse.item():.5f}  kl {kl.item():.3f}  "
+                f"{time.perf_counter() - began:6.0f}s")
     return vae.eval().requires_grad_(False)
 
 
@@ -215,7 +216,8 @@ def train_text_encoder(cfg: Config, rng: np.random.Generator, tokenizer: CLIPTok
         opt.step()
         sched.step()
         if step % cfg.log_every == 0 or step == cfg.text_steps:
-            log(f"text  {step:5d}/{cfg.text_steps}  loss {loss.item():.4f}  named {correct:.3f}  {time.perf_counter() - began:6.0f}s")
+            log(f"text  {step:5d}/{cfg.text_steps}  loss {loss.item():.4f}  named {correct:.3f}  "
+                f"{time.perf_counter() - began:6.0f}s")
     return encoder.eval().requires_grad_(False)
 
 
@@ -237,7 +239,8 @@ def encode_dataset(cfg: Config, rng: np.random.Generator, vae: AutoencoderKL, en
     return latents * scaling, torch.tensor(prompt_ids), embeds, scaling
 
 
-def train_unet(cfg: Config, latents: torch.Tensor, prompt_ids: torch.Tensor, embeds: torch.Tensor) -> UNet2DConditionModel:
+def train_unet(cfg: Config, latents: torch.Tensor, prompt_ids: torch.Tensor,
+               embeds: torch.Tensor) -> UNet2DConditionModel:
     torch.manual_seed(cfg.seed + 2)
     unet = build_unet()
     ema = copy.deepcopy(unet).requires_grad_(False)
