@@ -89,6 +89,18 @@ MODELS: dict[str, ModelInfo] = {
         default_steps=20,
         description="tiny SD-1.5-architecture pipeline built in code with seeded random weights",
     ),
+    # A toy trained on coloured shapes (farm/demo_model/train.py); its weights ship in the package.
+    "demo-shapes": ModelInfo(
+        name="demo-shapes",
+        family="sd15",
+        profile="sd15",
+        cost_scale=8,
+        max_size=64,
+        default_size=64,
+        default_steps=20,
+        description="toy SD-1.5-format model trained on coloured shapes: 'a red circle on a blue background'",
+        bundled="models/demo-shapes",
+    ),
     # Tiny video models: 32x32 frames costed as the full-size model's resolution.
     "tiny-ltx": ModelInfo(
         name="tiny-ltx", family="ltxv", profile="ltxv", cost_scale=24, max_size=64, default_size=32,
