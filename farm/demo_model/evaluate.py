@@ -161,8 +161,8 @@ def render_farm(seeds: int, steps: int, sampler: str, guidance: float) -> list[n
     job = make_job(model="demo-shapes", prompts=list(CHECK_PROMPTS), seeds=seeds, steps=steps, sampler=sampler,
                    guidance=guidance)
     with tempfile.TemporaryDirectory() as tmp:
-        result = render_embedded(job, simulated_nodes(), Path(tmp))
-        return [np.asarray(Image.open(p).convert("RGB")) for p in sorted_outputs(result.outputs)]
+        render_embedded(job, simulated_nodes(), Path(tmp))
+        return [np.asarray(Image.open(p).convert("RGB")) for p in sorted_outputs(list(Path(tmp).rglob("*.png")))]
 
 
 def sorted_outputs(paths: Sequence[Path]) -> list[Path]:
