@@ -47,7 +47,7 @@ def plain(farm_home: Path):
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    engine = Engine(get_family("sd15"), builtin_folder("demo-tiny", farm_home), "demo-tiny", torch.device("cpu"))
+    engine = Engine(get_family("sd15"), builtin_folder("demo-shapes", farm_home), "demo-shapes", torch.device("cpu"))
     yield engine.plain
     torch.set_num_threads(threads)
 
@@ -74,8 +74,8 @@ def test_png_carries_parameters_and_provenance(demo_run: tuple[JobSpec, JobView]
     for path in result.outputs:
         meta = read_provenance(path)
         sample = job.samples()[meta["sample"]]
-        assert (meta["prompt"], meta["seed"], meta["steps"], meta["guidance"]) == (sample.prompt, sample.seed, 6, 7.5)
-        assert (meta["width"], meta["height"], meta["sampler"], meta["model"]) == (64, 64, "euler_a", "demo-tiny")
+        assert (meta["prompt"], meta["seed"], meta["steps"], meta["guidance"]) == (sample.prompt, sample.seed, 6, 3.0)
+        assert (meta["width"], meta["height"], meta["sampler"], meta["model"]) == (64, 64, "euler_a", "demo-shapes")
         assert "negative_prompt" in meta
         segments = meta["segments"]
         assert len(segments) >= 2 and segments[0]["start"] == 0 and segments[-1]["end"] == 6
@@ -135,8 +135,8 @@ def test_lost_node_resumes_elsewhere_from_its_checkpoint(embedded: RayExecutor, 
                                                          plain) -> None:
     from node.simulated import simulated_nodes
 
-    job = make_job(prompts=["a red circle on a blue background", "a white triangle"], seeds=2, steps=6,
-                   sampler="dpmpp_2m")
+    job = make_job(model="demo-shapes", prompts=["a red circle on a blue background", "a white triangle on a black background"],
+                   seeds=2, steps=6, sampler="dpmpp_2m")
     executor = RayExecutor(simulated_nodes(), farm_home)  # its own actors: killing one spares the shared farm
     try:
         chaos = KillAfterFirstSegment(executor, "sim-24gb")

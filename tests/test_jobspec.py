@@ -29,7 +29,7 @@ def test_samples_are_prompt_major_with_counted_seeds() -> None:
         ({"width": 60}, "width", "multiple of 8 from 8 to 128"),
         ({"height": 136}, "height", "multiple of 8 from 8 to 128"),
         ({"width": "64"}, "width", "multiple of 8"),
-        ({"model": "sd-99"}, "model", "give a built-in name (demo-tiny"),
+        ({"model": "sd-99"}, "model", "give a built-in name (demo-shapes, demo-tiny"),
         ({"prompts": []}, "prompts", "1 to 10000"),
         ({"prompts": "not a list"}, "prompts", "1 to 10000"),
         ({"prompts": ["ok", "  "]}, "prompts[1]", "non-empty"),
