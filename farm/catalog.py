@@ -46,6 +46,7 @@ class ModelInfo:
     max_frames: int = 1  # 1: an image model
     fps: int = 0  # a video model's frame rate
     default_sampler: str = "euler_a"
+    default_guidance: float = 7.5
     # A real model's folder on this PC (a local diffusers folder or a cached Hugging Face snapshot).
     source: str | None = None
 
@@ -100,6 +101,7 @@ MODELS: dict[str, ModelInfo] = {
         default_steps=20,
         description="toy SD-1.5-format model trained on coloured shapes: 'a red circle on a blue background'",
         bundled="models/demo-shapes",
+        default_guidance=3.0,
     ),
     # Tiny video models: 32x32 frames costed as the full-size model's resolution.
     "tiny-ltx": ModelInfo(

@@ -45,13 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="render prompts on the embedded farm")
     render.add_argument("prompts", nargs="*", help="one or more prompts")
-    render.add_argument("--model", default="demo-tiny")
+    render.add_argument("--model", default="demo-shapes",
+                        help="a built-in name, a diffusers folder, or a downloaded Hugging Face id")
     render.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default 1)")
     render.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     render.add_argument("--steps", type=int, default=None)
     render.add_argument("--width", type=int, default=None)
     render.add_argument("--height", type=int, default=None)
-    render.add_argument("--guidance", type=float, default=7.5)
+    render.add_argument("--guidance", type=float, default=None, help="default: the model's own")
     render.add_argument("--sampler", default=None, help="default: the model's own")
     render.add_argument("--negative", default="", help="negative prompt")
     _common(render)

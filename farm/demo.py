@@ -15,6 +15,5 @@ DEMO_PROMPTS = (
 
 def demo_job(steps: int = 20, seeds: int = 3) -> JobSpec:
     """4 prompts x 3 seeds on `demo-shapes`, the toy model trained to draw such prompts: 12 samples,
-    enough that every node gets a shard. Guidance 3 is where its shapes come out cleanest."""
-    return make_job(model="demo-shapes", prompts=list(DEMO_PROMPTS), seeds=seeds, steps=steps, sampler="euler_a",
-                    guidance=3.0)
+    enough that every node gets a shard."""
+    return make_job(model="demo-shapes", prompts=list(DEMO_PROMPTS), seeds=seeds, steps=steps, sampler="euler_a")

@@ -57,7 +57,7 @@ def make_job(
     steps: Any = None,
     width: Any = None,
     height: Any = None,
-    guidance: Any = 7.5,
+    guidance: Any = None,
     sampler: Any = None,
     negative_prompt: Any = "",
     priority: Any = 0,
@@ -81,6 +81,7 @@ def make_job(
     steps = _int("steps", info.default_steps if steps is None else steps, 2, MAX_STEPS)
     width = _size("width", info.default_size if width is None else width, info.max_size)
     height = _size("height", info.default_size if height is None else height, info.max_size)
+    guidance = info.default_guidance if guidance is None else guidance
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise InvalidInput("guidance", f"must be a number from 0 to 50, got {guidance!r}")
     if not 0 <= guidance <= 50:
