@@ -42,10 +42,10 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from farm.demo_model import data
-from farm.pipelines.tiny import build_tokenizer
+from farm.pipelines.tiny import build_tokenizer, char_clip_encoder
 
 MAX_PROMPT_TOKENS = 48  # "a yellow triangle on a purple background" is 36 character tokens with BOS/EOS
 TEXT_WIDTH = 64
@@ -89,20 +89,8 @@ def build_vae() -> AutoencoderKL:
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=4 * TEXT_WIDTH,
-            num_attention_heads=4,
-            num_hidden_layers=3,
-            max_position_embeddings=MAX_PROMPT_TOKENS,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            layer_norm_eps=1e-5,
-        )
-    )
+    return char_clip_encoder(tokenizer, hidden=TEXT_WIDTH, intermediate=4 * TEXT_WIDTH, layers=3,
+                             positions=MAX_PROMPT_TOKENS)
 
 
 def build_unet() -> UNet2DConditionModel:

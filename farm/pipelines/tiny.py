@@ -13,8 +13,19 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Qwen2Tokenizer, T5Tokenizer
+from diffusers import (
+    AutoencoderKL,
+    EulerAncestralDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    Qwen2Tokenizer,
+    T5Tokenizer,
+)
 
 MAX_TOKENS = 32
 
@@ -67,6 +78,25 @@ def build_qwen_tokenizer() -> Qwen2Tokenizer:
                           chat_template=QWEN_CHAT_TEMPLATE)
 
 
+def char_clip_encoder(tokenizer: CLIPTokenizer, hidden: int, intermediate: int, layers: int,
+                      positions: int) -> CLIPTextModel:
+    """A small CLIP text encoder for the character-level tokenizer (random weights: seed first)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_attention_heads=4,
+            num_hidden_layers=layers,
+            max_position_embeddings=positions,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            layer_norm_eps=1e-5,
+        )
+    )
+
+
 def build_demo_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """The `demo-tiny` model: SD 1.5's architecture, about 2 M parameters, seeded random weights."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,20 +125,7 @@ def build_demo_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         sample_size=64,
     )
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            max_position_embeddings=MAX_TOKENS,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            layer_norm_eps=1e-5,
-        )
-    )
+    text_encoder = char_clip_encoder(tokenizer, hidden=32, intermediate=37, layers=5, positions=MAX_TOKENS)
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
