@@ -18,6 +18,7 @@ RGB_FACTORS: dict[str, list[list[float]]] = {
     "sd15": [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
     "sdxl": [[0.3920, 0.4054, 0.4549], [-0.2634, -0.0196, 0.0653], [0.0568, 0.1687, -0.0755], [-0.3112, -0.2359, -0.2076]],
 }
+RGB_FACTORS["sdxl_refiner"] = RGB_FACTORS["sdxl"]  # the refiner shares SDXL's VAE and latent space
 MAX_SIDE = 128
 
 
