@@ -93,14 +93,12 @@ def _execute(args: argparse.Namespace) -> int:
     if hasattr(args, "func"):  # commands registered by other modules (cluster, dashboard)
         return args.func(args)
     job = _job_from_args(args)  # every check runs before any process starts
-    from farm.embedded import admit, render_embedded
+    from farm.embedded import render_embedded
     from farm.progress import JobProgress
     from farm.summary import print_summary, result_json
     from node.simulated import simulated_nodes
 
     nodes = simulated_nodes()
-    if job is not None:
-        admit(job, nodes)  # refused before any process starts
     if getattr(args, "tui", False):
         from farm.embedded import dashboard_embedded
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from farm import planner, queue
 from farm.catalog import get_model
 from farm.errors import InvalidInput, NodeLost, NotFound
-from farm.ids import new_job_id
+from farm.ids import job_of_shard, new_job_id
 from farm.model import (
     JobSpec,
     JobStatus,
@@ -158,7 +158,7 @@ class Coordinator:
         for s in stored.shards:
             run = ShardRun(s.shard, s.next_index, s.step, s.checkpoint, list(s.runs), progress=s.step)
             job.shards[s.shard.id] = run
-            job.next_shard = max(job.next_shard, int(s.shard.id.rsplit("/s", 1)[1]) + 1)
+            job.next_shard = max(job.next_shard, int(s.shard.id.removeprefix(f"{stored.id}/s")) + 1)
             for r in s.runs:
                 tally = job.tallies.setdefault(r.node, NodeTally())
                 tally.segments += 1
@@ -299,10 +299,14 @@ class Coordinator:
                     self._save(peer)
                 self._emit("job_moved", job_id, message=f"position {at + 1} -> {to + 1}")
 
-    def _position(self, job_id: str) -> int:
+    def _queue_order(self) -> list[str]:
+        """Ids of the waiting jobs in queue order: priority, then fair share, then first in first out."""
         waiting = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
-        order = queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in waiting],
-                                 self.used)
+        return queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in waiting],
+                                self.used)
+
+    def _position(self, job_id: str) -> int:
+        order = self._queue_order()
         return order.index(job_id) + 1 if job_id in order else 0
 
     def _view(self, job: JobState, position: int = 0) -> JobView:
@@ -329,10 +333,7 @@ class Coordinator:
 
     def list_jobs(self) -> list[JobView]:
         with self._lock:
-            waiting = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
-            order = queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in waiting],
-                                     self.used)
-            position = {job_id: i + 1 for i, job_id in enumerate(order)}
+            position = {job_id: i + 1 for i, job_id in enumerate(self._queue_order())}
             return [self._view(j, position.get(j.id, 0)) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
 
     def preview(self, job_id: str, sample: int) -> bytes | None:
@@ -420,13 +421,10 @@ class Coordinator:
         (`planner.plan_queue`): jobs that fit few cards and long videos first, each later sample where
         it finishes first behind them. Runs when a job arrives or a node runs out of its own work."""
         self._replan = False
-        active = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
-        order = queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in active],
-                                 self.used)
         unstarted = {
             job_id: [r for r in self.jobs[job_id].shards.values()
                      if r.next_index == 0 and r.step == 0 and not r.node and r.checkpoint is None]
-            for job_id in order
+            for job_id in self._queue_order()
         }
         demands = []
         for job_id, runs in unstarted.items():
@@ -453,16 +451,14 @@ class Coordinator:
     def _dispatch(self) -> None:
         if self._replan:
             self._plan_again()
-        active = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
-        if not active:
-            return
+        order = self._queue_order()
         ready = [
-            ReadySegment(r.shard.id, r.next_index, r.shard.home, r.shard.need_gib, j.id, j.spec.model,
+            ReadySegment(r.shard.id, r.next_index, r.shard.home, r.shard.need_gib, job_id, j.spec.model,
                          j.spec.priority, r.shard.needs)
-            for j in active for r in j.shards.values() if not r.done and not r.node
+            for job_id in order for j in (self.jobs[job_id],) for r in j.shards.values() if not r.done and not r.node
         ]
-        order = queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in active],
-                                 self.used)
+        if not ready:
+            return
         ready = queue.order_ready(ready, order)
         # Jobs that blocklisted some nodes are planned with those nodes looking busy; groups go in the
         # queue order of their first segment.
@@ -474,7 +470,7 @@ class Coordinator:
             table = [NodeState(n.info, busy=n.running is not None or n.info.name in taken or n.info.name in blocked,
                                online=n.takes_work, loaded=frozenset(n.loaded)) for n in self.nodes.values()]
             for a in planner.plan_tick(segs, table):
-                job = self.jobs[queue.job_of(next(s for s in segs if s.shard_id == a.shard_id))]
+                job = self.jobs[job_of_shard(a.shard_id)]
                 self._start(job, job.shards[a.shard_id], a.node, a.memory_mode)
                 taken.add(a.node)
 
@@ -572,11 +568,6 @@ class Coordinator:
         if job.status not in FINAL and job.failures >= self.max_failures:
             job.error = f"{job.failures} failed segments, last on {name}: {error}"
             self._set_status(job, JobStatus.FAILED, job.error)
-
-    def idle(self) -> bool:
-        """No segment in flight."""
-        with self._lock:
-            return not self.inflight
 
     def render(self, spec: JobSpec, job_id: str | None = None,
                on_tick: Callable[[Coordinator, str], None] | None = None) -> JobView:

@@ -14,10 +14,8 @@ from farm import planner
 from farm.catalog import get_model
 from farm.coordinator import Coordinator
 from farm.executor import RayExecutor, start_embedded_cluster, stop_embedded_cluster
-from farm.ids import new_job_id
-from farm.model import JobSpec, NodeInfo
+from farm.model import JobSpec, JobStatus, NodeInfo
 from farm.outputs import PngWriter
-from farm.model import JobStatus
 from farm.progress import JobProgress
 from farm.service import JobView
 from farm.store import Store
@@ -41,29 +39,37 @@ def embedded_farm(nodes: Sequence[NodeInfo], home: Path | None = None) -> Iterat
         stop_embedded_cluster()
 
 
+@contextmanager
+def embedded_coordinator(nodes: Sequence[NodeInfo], out: Path, home: Path | None = None,
+                         state: Path | None = None) -> Iterator[Coordinator]:
+    """A coordinator over a fresh embedded farm, its queue in a store under `state` if given."""
+    store = Store(state) if state is not None else None
+    try:
+        with embedded_farm(nodes, home) as executor:
+            yield Coordinator(executor, PngWriter(out), store=store)
+    finally:
+        if store is not None:
+            store.close()
+
+
 def render_embedded(job: JobSpec | None, nodes: Sequence[NodeInfo], out: Path, progress: JobProgress | None = None,
                     home: Path | None = None, job_id: str | None = None, state: Path | None = None) -> list[JobView]:
     """Start the embedded farm, render `job` into `out/<job id>/`, stop the farm.
 
     With `state`, the queue lives in a store there: jobs a stopped run left unfinished are rendered
-    too (from their last checkpoints), and `job` may be None to only finish those.
+    too (from their last checkpoints), and `job` may be None to only finish those. A job no node can
+    hold is refused before any process starts.
     """
     if job is not None:
         admit(job, nodes)
-    store = Store(state) if state is not None else None
-    try:
-        with embedded_farm(nodes, home) as executor:
-            coordinator = Coordinator(executor, PngWriter(out), store=store)
-            ids = [j.id for j in coordinator.list_jobs() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
-            if job is not None:
-                ids.append(coordinator.submit(job, job_id or new_job_id()))
-            for current in ids:
-                on_tick = (lambda c, j=current: progress.update(c, j)) if progress else None
-                coordinator.finish(current, on_tick)
-            return [coordinator.get_job(i) for i in ids]
-    finally:
-        if store is not None:
-            store.close()
+    with embedded_coordinator(nodes, out, home, state) as coordinator:
+        ids = [j.id for j in coordinator.list_jobs() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+        if job is not None:
+            ids.append(coordinator.submit(job, job_id))
+        for current in ids:
+            on_tick = (lambda c, j=current: progress.update(c, j)) if progress else None
+            coordinator.finish(current, on_tick)
+        return [coordinator.get_job(i) for i in ids]
 
 
 def dashboard_embedded(job: JobSpec, nodes: Sequence[NodeInfo], out: Path, home: Path | None = None,
@@ -74,17 +80,11 @@ def dashboard_embedded(job: JobSpec, nodes: Sequence[NodeInfo], out: Path, home:
     from tui.app import make_app  # textual loads only for the dashboard
 
     admit(job, nodes)
-    store = Store(state) if state is not None else None
-    try:
-        with embedded_farm(nodes, home) as executor:
-            coordinator = Coordinator(executor, PngWriter(out), store=store)
-            job_id = coordinator.submit(job)
-            coordinator.start()
-            try:
-                make_app(coordinator, head="embedded farm").run()
-            finally:
-                coordinator.stop()
-            return [coordinator.get_job(job_id)]
-    finally:
-        if store is not None:
-            store.close()
+    with embedded_coordinator(nodes, out, home, state) as coordinator:
+        job_id = coordinator.submit(job)
+        coordinator.start()
+        try:
+            make_app(coordinator, head="embedded farm").run()
+        finally:
+            coordinator.stop()
+        return [coordinator.get_job(job_id)]

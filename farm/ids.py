@@ -14,3 +14,8 @@ def new_job_id(now: float | None = None) -> str:
 
 def shard_id(job_id: str, index: int) -> str:
     return f"{job_id}/s{index}"
+
+
+def job_of_shard(shard: str) -> str:
+    """The job id inside a shard id (`shard_id`'s inverse)."""
+    return shard.rsplit("/s", 1)[0]

@@ -12,6 +12,7 @@ from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from farm.ids import job_of_shard
 from farm.model import ReadySegment
 
 
@@ -54,7 +55,7 @@ def order_jobs(
 
 def job_of(segment: ReadySegment) -> str:
     """The job a ready segment belongs to (shard ids are `<job id>/s<n>`)."""
-    return segment.job_id or segment.shard_id.rsplit("/", 1)[0]
+    return segment.job_id or job_of_shard(segment.shard_id)
 
 
 def order_ready(ready: Sequence[ReadySegment], job_order: Sequence[str]) -> list[ReadySegment]:

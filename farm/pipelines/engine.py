@@ -101,9 +101,6 @@ class Engine:
         self.family.set_timesteps(pipe, job, scheduler, tuple(latents.shape))
         return Live(job, seeds, latents, cond, scheduler, generators)
 
-    def evaluations(self, live: Live) -> int:
-        return len(live.scheduler.timesteps)
-
     def denoise(self, live: Live, end: int, on_step: Callable[[int], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> Live:
         """Run loop iterations `[live.step, end)`; `end` must be a whole-step boundary.

@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
 
 from farm.catalog import get_model
 from farm.pipelines.families import get_family
@@ -53,13 +52,3 @@ def builtin_folder(name: str, home: Path | None = None) -> Path:
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def load_pipeline(source: str | Path, device: torch.device | None = None) -> DiffusionPipeline:
-    """Load a whole pipeline from a folder or a Hugging Face id: fp16 on a GPU, fp32 on a CPU."""
-    quiet_libraries()
-    device = device or pick_device()
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipe = DiffusionPipeline.from_pretrained(str(source), torch_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 
 
 def quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    """The logging and warning settings (the environment variables are set in the package's __init__,
+    before diffusers and transformers are first imported)."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
