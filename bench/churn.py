@@ -20,13 +20,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm import planner
-from farm.catalog import get_model
-from farm.coordinator import Coordinator
-from farm.errors import NodeLost
-from farm.jobspec import make_job
-from farm.model import JobSpec, JobStatus, NodeInfo, Sample, SegmentResult, SegmentTask
-from farm.speed import SpeedBook
+from farm.contracts.domain import JobSpec, JobStatus, NodeInfo, Sample, SegmentResult, SegmentTask
+from farm.contracts.errors import NodeLost
+from farm.core.speed import SpeedBook
+from farm.jobs import demand
+from farm.jobs.catalog import get_model
+from farm.jobs.jobspec import make_job
+from farm.runtime.coordinator import Coordinator
 
 CARDS = [(8.0, 1.0), (12.0, 1.6), (16.0, 2.2), (24.0, 3.5), (12.0, 1.3), (24.0, 2.8)]
 MODELS = [("demo-tiny", 1), ("tiny-sdxl", 1), ("tiny-wan21", 9)]  # (model, frames)
@@ -70,7 +70,7 @@ class ChurnExecutor:
     def submit(self, node: str, task: SegmentTask) -> object:
         info = next(n for n in self._nodes if n.name == node)
         model = get_model(task.job.model)
-        shape = planner.demand_of(task.job, model).shape
+        shape = demand.demand_of(task.job, model).shape
         seconds = self.speeds.step_seconds(info, shape, len(task.samples)) * (task.end - task.start)
         handle = next(self.handles)
         self.running[handle] = Running(node, task, self.now, seconds if self.up[node] else 0.0)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from farm.baselines import EqualSplit, OneSamplePerTask  # noqa: E402
-from farm.costmodel import Shape  # noqa: E402
-from farm.model import NodeInfo  # noqa: E402
-from farm.simulate import FarmPolicy, LowerBound, Outcome, Policy, SimJob, SimNode, lower_bound, simulate  # noqa: E402
+from farm.contracts.domain import NodeInfo  # noqa: E402
+from farm.core.costmodel import Shape  # noqa: E402
+from farm.runtime.baselines import EqualSplit, OneSamplePerTask  # noqa: E402
+from farm.runtime.simulate import FarmPolicy, LowerBound, Outcome, Policy, SimJob, SimNode, lower_bound, simulate  # noqa: E402
 
 # (model, costed shape, steps, fewest and most samples per job, how often it is asked for). Home cards
 # run video models with 8-bit weights (computing in bf16) where 16-bit ones do not fit; both are here.

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import torch
 
-from farm import wire
-from farm.catalog import MODELS
-from farm.checkpoint import Checkpoint
-from farm.jobspec import make_job
+from farm.jobs.catalog import MODELS
+from farm.jobs.jobspec import make_job
 from farm.pipelines import schedulers
 from farm.pipelines.engine import Engine
 from farm.pipelines.families import FAMILIES, get_family
 from farm.pipelines.loader import builtin_folder
 from farm.pipelines.tensors import from_raw, to_raw
+from farm.wire import checkpoint_codec as wire
+from farm.wire.checkpoint import Checkpoint
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpu_backbones_h100.json"
 

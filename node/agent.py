@@ -18,9 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from farm.agent_links import Reading
-from farm.hardware import Hardware, Telemetry
-from farm.service import NodeStatus, OwnerPolicy
+from farm.contracts.control import NodeStatus, OwnerPolicy
+from farm.contracts.hardware import Hardware, Reading, Telemetry
 from node import policy as rules
 from node.probe import HostProbe, process_tree
 from node.worker import Supervisor

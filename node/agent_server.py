@@ -13,11 +13,11 @@ from typing import TypeVar
 
 import grpc
 
-from farm import convert
-from farm.auth import TokenInterceptor
-from farm.control_server import serve
-from farm.errors import FarmError, InvalidInput
-from farm.pki import TlsIdentity
+from farm.api import convert
+from farm.api.auth import TokenInterceptor
+from farm.api.control_server import serve
+from farm.cluster.pki import TlsIdentity
+from farm.contracts.errors import FarmError, InvalidInput
 from node.agent import Agent, Snapshot
 from protos.farm.v1 import agent_pb2, agent_pb2_grpc
 

@@ -1,7 +1,7 @@
 """`farm join`: a PC becomes part of a farm.
 
 First contact is pinned: the head's certificate must match the pin inside the join token before the
-token is sent (`farm.pki.fetch_pinned_cert`). The PC keeps its private key, sends a certificate
+token is sent (`farm.cluster.pki.fetch_pinned_cert`). The PC keeps its private key, sends a certificate
 request, and gets back its certificate, the farm CA, its node token and the Ray address and token.
 It then serves its `NodeAgent` with that certificate and keeps its Ray worker running.
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import grpc
 
-from farm.auth import pin_of
-from farm.control_client import FarmClient, open_channel, split_address
-from farm.convert import node_name
-from farm.errors import Unauthenticated
-from farm.membership import JoinGrant
-from farm.pki import TlsIdentity, fetch_pinned_cert, new_key_and_csr, write_private
-from farm.service import OwnerPolicy
+from farm.api.control_client import FarmClient, open_channel, split_address
+from farm.api.convert import node_name
+from farm.cluster.membership import JoinGrant
+from farm.cluster.pki import TlsIdentity, fetch_pinned_cert, new_key_and_csr, write_private
+from farm.cluster.tokens import pin_of
+from farm.contracts.control import OwnerPolicy
+from farm.contracts.errors import Unauthenticated
 from node.agent import Agent
 from node.agent_server import serve_agent
 from node.probe import GpuSource, HostProbe

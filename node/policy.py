@@ -17,9 +17,9 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from farm.errors import InvalidInput
-from farm.hardware import GpuSample, ProcessSample
-from farm.service import NodeStatus, OwnerPolicy
+from farm.contracts.control import NodeStatus, OwnerPolicy
+from farm.contracts.errors import InvalidInput
+from farm.contracts.hardware import GpuSample, ProcessSample
 
 DEFAULT_SETTLE_S = 60.0
 

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import psutil
 
-from farm.hardware import GpuSample, Hardware, ProcessSample, Telemetry
+from farm.contracts.hardware import GpuSample, Hardware, ProcessSample, Telemetry
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
@@ -100,7 +100,7 @@ def detect_gpus(simulate: Sequence[float] | None = None) -> GpuSource:
     try:
         return NvmlGpus()
     except RuntimeError as e:
-        from farm.errors import FarmError
+        from farm.contracts.errors import FarmError
 
         raise FarmError(f"no NVIDIA GPU found ({e}); pass --simulate-gpu GIB to join with a simulated one") from None
 

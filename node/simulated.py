@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from farm.model import NodeInfo
+from farm.contracts.domain import NodeInfo
 
 # Relative speeds of typical cards of these sizes (an 8 GB card is usually an older, slower one).
 DEMO_CARDS: tuple[tuple[float, float], ...] = ((8.0, 1.0), (12.0, 1.6), (24.0, 3.5))

@@ -20,12 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.errors import InvalidInput
-from farm.model import NodeInfo
+from farm.contracts.domain import NodeInfo
+from farm.contracts.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-# The same values as farm.executor's (kept here so the agent does not import Ray; a test checks).
+# The same values as farm.runtime.executor's (kept here so the agent does not import Ray; a test checks).
 NODE_RESOURCE = "farm_node:"
 NODE_SLOTS = 16.0
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from fake_farm import FakeFarm
 
-from farm.control_client import FarmClient, open_channel
-from farm.control_server import serve_control
-from farm.credentials import HeadCredentials
-from farm.hardware import GpuSample, Hardware, ProcessSample, Telemetry
-from farm.membership import Membership
+from farm.api.control_client import FarmClient, open_channel
+from farm.api.control_server import serve_control
+from farm.cluster.credentials import HeadCredentials
+from farm.cluster.membership import Membership
+from farm.contracts.hardware import GpuSample, Hardware, ProcessSample, Telemetry
 from node.probe import SimulatedGpus
 
 HARDWARE = Hardware("pc3", "Linux", 8, 32.0, (GpuSample(0, "RTX 4090", 24.0), GpuSample(1, "RTX 3060", 12.0)))

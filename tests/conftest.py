@@ -20,7 +20,7 @@ def farm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def embedded(farm_home: Path) -> Iterator[object]:
     """A running embedded farm (3 simulated nodes: 8, 12, 24 GiB) shared by the integration tests."""
-    from farm.embedded import embedded_farm
+    from farm.cli.embedded import embedded_farm
     from node.simulated import simulated_nodes
 
     with embedded_farm(simulated_nodes(), farm_home) as executor:

@@ -6,9 +6,9 @@ import threading
 import time
 from dataclasses import replace
 
-from farm.errors import InvalidInput, NotFound
-from farm.model import JobSpec, JobStatus, NodeInfo
-from farm.service import Event, JobView, NodeStatus, NodeView, OwnerPolicy
+from farm.contracts.control import Event, JobView, NodeStatus, NodeView, OwnerPolicy
+from farm.contracts.domain import JobSpec, JobStatus, NodeInfo
+from farm.contracts.errors import InvalidInput, NotFound
 
 
 class FakeFarm:

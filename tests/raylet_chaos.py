@@ -18,11 +18,11 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from farm.coordinator import Coordinator  # noqa: E402
-from farm.executor import NODE_RESOURCE, NODE_SLOTS, RayExecutor
-from farm.jobspec import make_job
-from farm.outputs import PngWriter
-from farm.service import NodeStatus
+from farm.contracts.control import NodeStatus
+from farm.jobs.jobspec import make_job
+from farm.runtime.coordinator import Coordinator  # noqa: E402
+from farm.runtime.executor import NODE_RESOURCE, NODE_SLOTS, RayExecutor
+from farm.runtime.outputs import PngWriter
 from node.simulated import simulated_nodes
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from farm import wire
-from farm.jobspec import make_job
-from farm.model import JobSpec
+from farm.contracts.domain import JobSpec
+from farm.jobs.jobspec import make_job
 from farm.pipelines import schedulers
 from farm.pipelines.engine import Engine
 from farm.pipelines.families import get_family
+from farm.wire import checkpoint_codec as wire
 
 
 @dataclass(frozen=True)

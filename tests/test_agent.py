@@ -12,12 +12,12 @@ import pytest
 from cluster_harness import FakeProbe
 from waiting import wait_until
 
-from farm import convert
-from farm.auth import bearer
-from farm.control_client import open_channel
-from farm.hardware import ProcessSample
-from farm.pki import FarmCA, TlsIdentity, new_key_and_csr, node_host
-from farm.service import NodeStatus, OwnerPolicy
+from farm.api import convert
+from farm.api.auth import bearer
+from farm.api.control_client import open_channel
+from farm.cluster.pki import FarmCA, TlsIdentity, new_key_and_csr, node_host
+from farm.contracts.control import NodeStatus, OwnerPolicy
+from farm.contracts.hardware import ProcessSample
 from node.agent import Agent
 from node.agent_server import serve_agent
 from node.worker import Supervisor, WorkerCommand

@@ -9,12 +9,12 @@ from cluster_harness import FakeProbe
 from fake_farm import FakeFarm
 from waiting import wait_until
 
-from farm.agent_links import AgentLinks, NodesWithTelemetry, RemoteAgent
-from farm.hardware import ProcessSample
-from farm.membership import Member
-from farm.model import NodeInfo
-from farm.pki import FarmCA, TlsIdentity, new_key_and_csr, node_host
-from farm.service import NodeStatus, OwnerPolicy
+from farm.api.agent_links import AgentLinks, NodesWithTelemetry, RemoteAgent
+from farm.cluster.membership import Member
+from farm.cluster.pki import FarmCA, TlsIdentity, new_key_and_csr, node_host
+from farm.contracts.control import NodeStatus, OwnerPolicy
+from farm.contracts.domain import NodeInfo
+from farm.contracts.hardware import ProcessSample
 from node.agent import Agent, InProcessHandle
 from node.agent_server import serve_agent
 

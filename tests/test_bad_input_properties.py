@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_coordinator import MemorySink, ScriptedExecutor
 
-from farm.coordinator import Coordinator
-from farm.errors import FarmError
-from farm.jobspec import make_job
-from farm.model import JobStatus
+from farm.contracts.domain import JobStatus
+from farm.contracts.errors import FarmError
+from farm.jobs.jobspec import make_job
+from farm.runtime.coordinator import Coordinator
 from node.simulated import simulated_nodes
 
 anything = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from farm.outputs import read_provenance
+from farm.runtime.outputs import read_provenance
 
 
 def farm(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FARM_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "farm.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "farm.cli.main", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from fake_farm import FakeFarm
 
-from farm.cli import main
-from farm.control_server import serve_control
-from farm.credentials import HeadCredentials
-from farm.membership import Membership
-from farm.model import JobStatus
-from farm.pki import write_private
-from farm.service import NodeStatus
+from farm.api.control_server import serve_control
+from farm.cli.main import main
+from farm.cluster.credentials import HeadCredentials
+from farm.cluster.membership import Membership
+from farm.cluster.pki import write_private
+from farm.contracts.control import NodeStatus
+from farm.contracts.domain import JobStatus
 
 JOB = 'model = "demo-tiny"\nprompts = ["a red circle"]\nseeds = 2\nsteps = 4\n'
 
@@ -125,6 +125,6 @@ def test_client_errors_are_one_line_without_traceback(tmp_path: Path, args: list
     env = {**os.environ, "FARM_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     env.pop("FARM_HEAD", None)
     env.pop("FARM_TOKEN", None)
-    r = subprocess.run([sys.executable, "-m", "farm.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "farm.cli.main", *args], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == code and message in r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr and r.stdout == ""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.outputs import read_provenance
+from farm.runtime.outputs import read_provenance
 
 pytestmark = pytest.mark.slow
 JOB = 'model = "demo-tiny"\nprompts = ["a red circle"]\nseeds = 1\nsteps = 4\n'
@@ -38,13 +38,13 @@ class Farm:
 
     def spawn(self, home: str, *args: str) -> subprocess.Popen[str]:
         log = open(self.root / f"{home}.log", "w")  # noqa: SIM115 (kept open for the child)
-        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", *args], env=self.env(home), cwd=self.root,
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli.main", *args], env=self.env(home), cwd=self.root,
                                 stdout=subprocess.PIPE, stderr=log, text=True)
         self.procs.append(proc)
         return proc
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "farm.cli", *args], env=self.env("head"), cwd=self.root,
+        return subprocess.run([sys.executable, "-m", "farm.cli.main", *args], env=self.env("head"), cwd=self.root,
                               capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:

@@ -9,21 +9,22 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
 from cluster_harness import HARDWARE, Head
+from cryptography import x509
 from fake_farm import FakeFarm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from farm.control_client import FarmClient, open_channel
-from farm.control_server import serve_control
-from farm.credentials import HeadCredentials
-from farm.errors import FarmError, InvalidInput, NotFound, Unauthenticated, Unreachable
-from farm.jobspec import make_job
-from farm.membership import Membership
-from farm.model import JobStatus
-from farm.pki import FarmCA, PinMismatch, fetch_pinned_cert, new_key_and_csr, node_host, pin
-from farm.service import NodeShare, NodeStatus, OwnerPolicy, ShardView
+from farm.api.control_client import FarmClient, open_channel
+from farm.api.control_server import serve_control
+from farm.cluster.credentials import HeadCredentials
+from farm.cluster.membership import Membership
+from farm.cluster.pki import FarmCA, PinMismatch, fetch_pinned_cert, new_key_and_csr, node_host, pin
+from farm.contracts.control import NodeShare, NodeStatus, OwnerPolicy, ShardView
+from farm.contracts.domain import JobStatus
+from farm.contracts.errors import FarmError, InvalidInput, NotFound, Unauthenticated, Unreachable
+from farm.jobs.jobspec import make_job
 from protos.farm.v1 import control_pb2, control_pb2_grpc
+
 
 @pytest.fixture
 def head(tmp_path: Path) -> Iterator[Head]:

@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_coordinator import MemorySink, ScriptedExecutor
 
-from farm.control_client import open_channel
-from farm.control_server import serve_control
-from farm.coordinator import Coordinator
-from farm.credentials import HeadCredentials
-from farm.jobspec import make_job
-from farm.membership import Membership
-from farm.model import JobStatus
+from farm.api.control_client import open_channel
+from farm.api.control_server import serve_control
+from farm.cluster.credentials import HeadCredentials
+from farm.cluster.membership import Membership
+from farm.contracts.domain import JobStatus
+from farm.jobs.jobspec import make_job
+from farm.runtime.coordinator import Coordinator
 from node.simulated import simulated_nodes
 from protos.farm.v1 import control_pb2
 

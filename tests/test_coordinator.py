@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from farm.coordinator import Coordinator
-from farm.errors import InvalidInput, NodeLost, SegmentFailed
-from farm.jobspec import make_job
-from farm.model import JobSpec, JobStatus, NodeInfo, Sample, SegmentResult, SegmentTask, StepRun
-from farm.service import NodeStatus
-from farm.transitions import LEGAL, transition
+from farm.contracts.control import NodeStatus
+from farm.contracts.domain import JobSpec, JobStatus, NodeInfo, Sample, SegmentResult, SegmentTask, StepRun
+from farm.contracts.errors import InvalidInput, NodeLost, SegmentFailed
+from farm.core.transitions import LEGAL, transition
+from farm.jobs.jobspec import make_job
+from farm.runtime.coordinator import Coordinator
 from node.simulated import simulated_nodes
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from farm import costmodel
-from farm.costmodel import MODES, MemoryMode, Role, Shape
-from farm.errors import DoesNotFit
+from farm.contracts.errors import DoesNotFit
+from farm.core import costmodel
+from farm.core.costmodel import MODES, MemoryMode, Role, Shape
 
 DATA = Path(__file__).parent / "data"
 BACKBONES = json.loads((DATA / "gpu_backbones_h100.json").read_text())["models"]

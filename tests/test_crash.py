@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from farm.outputs import read_provenance
-from farm.store import Store
+from farm.runtime.outputs import read_provenance
+from farm.runtime.store import Store
 
 pytestmark = pytest.mark.slow
 
 
 def farm(*args: str, cwd: Path, home: Path) -> subprocess.Popen:
     env = {**os.environ, "FARM_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "farm.cli", *args], cwd=cwd, env=env, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "farm.cli.main", *args], cwd=cwd, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

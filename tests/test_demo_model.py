@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm import wire
-from farm.catalog import get_model
-from farm.checkpoint import RawTensor
+from farm.contracts.domain import SegmentTask
 from farm.demo_model import data
 from farm.demo_model.evaluate import (
     CHECK_GUIDANCE,
@@ -31,10 +29,12 @@ from farm.demo_model.evaluate import (
     report,
 )
 from farm.demo_model.judge import parse_prompt, read_image
-from farm.jobspec import make_job
-from farm.model import SegmentTask
-from farm.outputs import PngWriter, read_provenance
+from farm.jobs.catalog import get_model
+from farm.jobs.jobspec import make_job
 from farm.pipelines.loader import builtin_folder
+from farm.runtime.outputs import PngWriter, read_provenance
+from farm.wire import checkpoint_codec as wire
+from farm.wire.checkpoint import RawTensor
 
 MODEL = "demo-shapes"
 REQUIRED = 0.9
@@ -184,8 +184,8 @@ def swap_prompts_at_encode(task: SegmentTask) -> SegmentTask:
 
 
 def render_on_farm(executor: object, out: Path, max_segment_steps: int) -> list[Path]:
-    from farm.coordinator import Coordinator
-    from farm.model import JobStatus
+    from farm.contracts.domain import JobStatus
+    from farm.runtime.coordinator import Coordinator
 
     job = make_job(model=MODEL, prompts=list(CHECK_PROMPTS), seeds=SEEDS, steps=CHECK_STEPS, sampler=CHECK_SAMPLER,
                    guidance=CHECK_GUIDANCE)

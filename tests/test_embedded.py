@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.coordinator import Coordinator
-from farm.demo import demo_job
-from farm.executor import RayExecutor
-from farm.jobspec import make_job
-from farm.model import JobSpec, SegmentResult, SegmentTask
-from farm.outputs import PngWriter, read_provenance
-from farm.service import JobView
+from farm.cli.demo import demo_job
+from farm.contracts.control import JobView
+from farm.contracts.domain import JobSpec, SegmentResult, SegmentTask
+from farm.jobs.jobspec import make_job
+from farm.runtime.coordinator import Coordinator
+from farm.runtime.executor import RayExecutor
+from farm.runtime.outputs import PngWriter, read_provenance
 
 pytestmark = pytest.mark.slow
 

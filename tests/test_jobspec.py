@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.errors import InvalidInput
-from farm.jobspec import load_job_file, make_job
+from farm.contracts.errors import InvalidInput
+from farm.jobs.jobspec import load_job_file, make_job
 
 
 def test_defaults_come_from_the_model() -> None:

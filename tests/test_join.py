@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from cluster_harness import Head
 
-from farm.auth import bearer
-from farm.control_client import open_channel
-from farm.errors import Unauthenticated
-from farm.pki import PinMismatch, node_host
+from farm.api.auth import bearer
+from farm.api.control_client import open_channel
+from farm.cluster.pki import PinMismatch, node_host
+from farm.contracts.errors import Unauthenticated
 from node.join import JoinConfig, JoinedNode
 from node.probe import SimulatedGpus
 from protos.farm.v1 import agent_pb2, agent_pb2_grpc

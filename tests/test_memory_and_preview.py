@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from farm.errors import InvalidInput
-from farm.jobspec import make_job
-from farm.model import NodeInfo, SegmentTask
+from farm.contracts.domain import NodeInfo, SegmentTask
+from farm.contracts.errors import InvalidInput
+from farm.jobs.jobspec import make_job
 from farm.pipelines import memory
 from farm.pipelines.runner import SegmentRunner
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from farm import costmodel, planner
-from farm.catalog import get_model
-from farm.costmodel import MemoryMode, Shape
-from farm.errors import DoesNotFit
-from farm.jobspec import make_job
-from farm.model import NodeInfo, NodeState, ReadySegment
-from farm.planner import Demand, PlanContext
-from farm.speed import SpeedBook, reference_decode_seconds, reference_step_seconds
+from farm.contracts.domain import NodeInfo, NodeState, ReadySegment
+from farm.contracts.errors import DoesNotFit
+from farm.core import costmodel, planner
+from farm.core.costmodel import MemoryMode, Shape
+from farm.core.planner import Demand, PlanContext
+from farm.core.speed import SpeedBook, reference_decode_seconds, reference_step_seconds
+from farm.jobs import demand as jobdemand
+from farm.jobs.catalog import get_model
+from farm.jobs.jobspec import make_job
 
 DEMO_NODES = [NodeInfo("sim-8", 8, 1.0), NodeInfo("sim-12", 12, 1.6), NodeInfo("sim-24", 24, 3.5)]
 HETERO = [NodeInfo("a8", 8, 1.0), NodeInfo("b12", 12, 1.6), NodeInfo("c16", 16, 2.2), NodeInfo("d24", 24, 3.5)]
@@ -34,7 +35,7 @@ def by_home(shards: list) -> dict[str, list]:
 @pytest.fixture(scope="module")
 def demo_shards() -> list:
     job = make_job(prompts=["a", "b", "c", "d"], seeds=3)
-    return planner.shard_job("j1", job, get_model("demo-tiny"), DEMO_NODES)
+    return jobdemand.shard_job("j1", job, get_model("demo-tiny"), DEMO_NODES)
 
 
 def test_demo_the_24_gib_node_gets_larger_shards_than_the_8_gib_node(demo_shards: list) -> None:
@@ -54,7 +55,7 @@ def test_demo_every_sample_is_in_exactly_one_shard(demo_shards: list) -> None:
 
 def test_a_cap_on_segment_steps_still_applies() -> None:
     job = make_job(prompts=["a", "b"], seeds=2, steps=6)
-    for shard in planner.shard_job("j", job, get_model("demo-tiny"), DEMO_NODES, 2):
+    for shard in jobdemand.shard_job("j", job, get_model("demo-tiny"), DEMO_NODES, 2):
         assert len(shard.bounds) == 3 and all(b - a <= 2 for a, b in shard.bounds)
 
 
@@ -311,7 +312,7 @@ def test_replanned_shards_continue_the_jobs_shard_numbering() -> None:
 
 def test_demo_segments_follow_time_unless_capped() -> None:
     job = make_job(prompts=["a", "b"], seeds=2, steps=20)
-    for shard in planner.shard_job("j", job, get_model("demo-tiny"), DEMO_NODES):
+    for shard in jobdemand.shard_job("j", job, get_model("demo-tiny"), DEMO_NODES):
         assert len(shard.bounds) == 2  # 20 SD 1.5 steps take a few seconds: the minimum of two segments
     assert planner.DEFAULT_SEGMENT_STEPS is None
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from farm.errors import InvalidInput
-from farm.hardware import GpuSample, ProcessSample
-from farm.service import NodeStatus, OwnerPolicy
+from farm.contracts.control import NodeStatus, OwnerPolicy
+from farm.contracts.errors import InvalidInput
+from farm.contracts.hardware import GpuSample, ProcessSample
 from node.policy import RulesState, decide, operator, parse_hours, reasons, validate, within_hours
 
 GPU = (GpuSample(0, "RTX 3080", 10.0, vram_used_gib=3.0),)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from farm.errors import FarmError
+from farm.contracts.errors import FarmError
 from node.probe import HostProbe, NvmlGpus, SimulatedGpus, detect_gpus, process_tree
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from farm.model import ReadySegment
-from farm.queue import QueuedJob, order_jobs, order_ready
+from farm.contracts.domain import ReadySegment
+from farm.core.order import QueuedJob, order_jobs, order_ready
 
 
 def test_higher_priority_first_then_first_in_first_out() -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from farm import costmodel, planner
-from farm.costmodel import Shape
-from farm.errors import DoesNotFit
-from farm.model import NodeInfo, NodeState, ReadySegment
-from farm.planner import Demand, PlanContext
-from farm.simulate import FarmPolicy, SimJob, SimNode, simulate
+from farm.contracts.domain import NodeInfo, NodeState, ReadySegment
+from farm.contracts.errors import DoesNotFit
+from farm.core import costmodel, planner
+from farm.core.costmodel import Shape
+from farm.core.planner import Demand, PlanContext
+from farm.runtime.simulate import FarmPolicy, SimJob, SimNode, simulate
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHAPES = [

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from segment_harness import Case, assert_cuts_equal_uncut, full_run, job_for
 
-from farm.errors import InvalidInput
-from farm.jobspec import make_job
+from farm.contracts.errors import InvalidInput
+from farm.jobs.jobspec import make_job
 from farm.pipelines import schedulers
 
 CASES = [Case("sd15", s, {}) for s in ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "heun", "dpm2")]

@@ -10,14 +10,14 @@ import pytest
 import torch
 from segment_harness import Case, assert_cuts_equal_uncut, full_run, job_for, run_cut
 
-from farm import wire
-from farm.catalog import FAMILY_SAMPLERS, get_model
-from farm.errors import InvalidInput
-from farm.jobspec import make_job
+from farm.contracts.errors import InvalidInput
+from farm.jobs.catalog import FAMILY_SAMPLERS, get_model
+from farm.jobs.jobspec import make_job
 from farm.pipelines.engine import Engine
 from farm.pipelines.families import get_family
 from farm.pipelines.families.sdxl import refiner_from
 from farm.pipelines.loader import builtin_folder
+from farm.wire import checkpoint_codec as wire
 
 MODELS = {"sdxl": "tiny-sdxl", "sdxl_refiner": "tiny-sdxl-refiner", "flux": "tiny-flux"}
 # Flux at 64x32: 512 image tokens, so the schedule's resolution-dependent shift is not its base value.

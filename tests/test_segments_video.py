@@ -10,14 +10,14 @@ import pytest
 import torch
 from segment_harness import Case, Engines, assert_cuts_equal_uncut, full_run, job_for
 
-from farm import wire
-from farm.catalog import get_model
-from farm.errors import InvalidInput
-from farm.jobspec import make_job
-from farm.model import JobSpec
+from farm.contracts.domain import JobSpec
+from farm.contracts.errors import InvalidInput
+from farm.jobs.catalog import get_model
+from farm.jobs.jobspec import make_job
 from farm.pipelines import schedulers
 from farm.pipelines.engine import Engine
 from farm.pipelines.families import get_family
+from farm.wire import checkpoint_codec as wire
 
 MODELS = {"ltxv": "tiny-ltx", "wan21": "tiny-wan21", "wan22": "tiny-wan22", "hunyuanvideo15": "tiny-hunyuan15"}
 # HunyuanVideo-1.5 attends over 1256 text tokens per step: three steps keep its tests to seconds.

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from farm.baselines import EqualSplit, OneSamplePerTask
-from farm.costmodel import MemoryMode, Shape
-from farm.model import NodeInfo
-from farm.simulate import FarmPolicy, SimJob, SimNode, Task, View, lower_bound, sample_work, simulate
+from farm.contracts.domain import NodeInfo
+from farm.core.costmodel import MemoryMode, Shape
+from farm.runtime.baselines import EqualSplit, OneSamplePerTask
+from farm.runtime.simulate import FarmPolicy, SimJob, SimNode, Task, View, lower_bound, sample_work, simulate
 
 NODES = [SimNode(NodeInfo(f"n{v}", v, s), s) for v, s in [(8, 1.0), (12, 1.6), (16, 2.2), (24, 3.5)]]
 SD = Shape("sd15", 512, 512)

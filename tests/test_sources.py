@@ -11,13 +11,13 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 
-from farm.catalog import get_model
-from farm.errors import InvalidInput
-from farm.jobspec import make_job
-from farm.model import NodeInfo, SegmentTask
+from farm.contracts.domain import NodeInfo, SegmentTask
+from farm.contracts.errors import InvalidInput
+from farm.jobs.catalog import get_model
+from farm.jobs.jobspec import make_job
+from farm.jobs.sources import external_model
 from farm.pipelines.families import get_family
 from farm.pipelines.runner import SegmentRunner
-from farm.sources import external_model
 
 
 @pytest.fixture(scope="module")

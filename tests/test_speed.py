@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.costmodel import Shape
-from farm.model import NodeInfo
-from farm.speed import H100_SPEED, SpeedBook, load_seconds, reference_decode_seconds, reference_step_seconds
+from farm.contracts.domain import NodeInfo
+from farm.core.costmodel import Shape
+from farm.core.speed import H100_SPEED, SpeedBook, load_seconds, reference_decode_seconds, reference_step_seconds
 
 DATA = json.loads((Path(__file__).parent / "data" / "gpu_backbones_h100.json").read_text())["models"]
 SHAPES = {

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from test_coordinator import MemorySink, ScriptedExecutor, small_job
 
-from farm.coordinator import Coordinator
-from farm.model import JobStatus, StepRun
-from farm.store import SCHEMA_VERSION, Store
+from farm.contracts.domain import JobStatus, StepRun
+from farm.runtime.coordinator import Coordinator
+from farm.runtime.store import SCHEMA_VERSION, Store
 from node.simulated import simulated_nodes
 
 

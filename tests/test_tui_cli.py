@@ -6,8 +6,8 @@ import pytest
 from tui_fake import FakeFarmService
 from tui_pilot import screen_text, settle
 
-from farm.cli import main
-from farm.control_server import serve_control
+from farm.api.control_server import serve_control
+from farm.cli.main import main
 from tui.app import make_app
 from tui.cli import connect
 

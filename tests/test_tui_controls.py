@@ -10,8 +10,8 @@ import pytest
 from tui_fake import FakeFarmService
 from tui_pilot import BUSY, screen_text, settle, until
 
-from farm.model import JobStatus
-from farm.service import NodeStatus
+from farm.contracts.control import NodeStatus
+from farm.contracts.domain import JobStatus
 from tui.app import FarmApp, make_app
 from tui.dialogs import ConfirmScreen, SubmitScreen
 from tui.jobs_table import JobsTable

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from tui_pilot import screen_text, settle, until
 
-from farm.coordinator import Coordinator
-from farm.demo import demo_job
-from farm.executor import RayExecutor
-from farm.outputs import PngWriter
+from farm.cli.demo import demo_job
+from farm.runtime.coordinator import Coordinator
+from farm.runtime.executor import RayExecutor
+from farm.runtime.outputs import PngWriter
 from tui.app import make_app
 from tui.jobs_table import JobsTable
 from tui.node_card import NodeCard

@@ -10,7 +10,7 @@ import pytest
 from tui_fake import FakeFarmService, job
 from tui_pilot import settle, until
 
-from farm.model import JobStatus
+from farm.contracts.domain import JobStatus
 from tui.app import make_app
 from tui.jobs_table import CHUNK, JobsTable
 from tui.screens.job_detail import JobDetailScreen

@@ -7,8 +7,8 @@ from dataclasses import replace
 from rich.text import Text
 from tui_fake import gradient_png, job, sample_jobs, sample_nodes
 
-from farm.model import JobStatus
-from farm.service import ShardView
+from farm.contracts.control import ShardView
+from farm.contracts.domain import JobStatus
 from tui.format import bar, duration
 from tui.segment_bars import sample_bars, shard_bar
 from tui.store import FarmStore, Update

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.catalog import get_model
-from farm.jobspec import make_job
-from farm.model import StepRun
-from farm.outputs import PngWriter, provenance
-from farm.video_output import PREVIEW_SIDE, read_video_provenance, write_preview
+from farm.contracts.domain import StepRun
+from farm.jobs.catalog import get_model
+from farm.jobs.jobspec import make_job
+from farm.runtime.outputs import PngWriter, provenance
+from farm.runtime.video_output import PREVIEW_SIDE, read_video_provenance, write_preview
 
 RUNS = [StepRun("node-a", "RTX 3060", 0, 2), StepRun("node-b", "RTX 4090", 2, 4, "offload")]
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm import wire
-from farm.checkpoint import Checkpoint, RawTensor
-from farm.errors import CheckpointError
+from farm.contracts.errors import CheckpointError
+from farm.wire import checkpoint_codec as wire
+from farm.wire.checkpoint import Checkpoint, RawTensor
 
 
 def make_checkpoint(batch: int = 2) -> Checkpoint:

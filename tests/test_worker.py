@@ -11,7 +11,7 @@ from pathlib import Path
 
 from waiting import wait_until
 
-from farm.model import NodeInfo
+from farm.contracts.domain import NodeInfo
 from node.worker import (
     NODE_RESOURCE,
     NODE_SLOTS,
@@ -58,7 +58,7 @@ def test_windows_runs_the_worker_in_wsl_and_forwards_the_token() -> None:
 
 
 def test_resource_names_match_the_executor() -> None:
-    from farm import executor
+    from farm.runtime import executor
 
     assert (NODE_RESOURCE, NODE_SLOTS) == (executor.NODE_RESOURCE, executor.NODE_SLOTS)
 

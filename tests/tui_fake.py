@@ -10,10 +10,10 @@ from io import BytesIO
 
 from PIL import Image
 
-from farm.errors import InvalidInput, Unreachable
-from farm.jobspec import make_job
-from farm.model import JobSpec, JobStatus, NodeInfo
-from farm.service import Event, JobView, NodeShare, NodeStatus, NodeView, OwnerPolicy, ShardView
+from farm.contracts.control import Event, JobView, NodeShare, NodeStatus, NodeView, OwnerPolicy, ShardView
+from farm.contracts.domain import JobSpec, JobStatus, NodeInfo
+from farm.contracts.errors import InvalidInput, Unreachable
+from farm.jobs.jobspec import make_job
 
 T0 = 1_764_072_000.0  # 2025-11-25 12:00:00 UTC: every time in the fake counts from here
 

@@ -18,8 +18,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.worker import Worker, get_current_worker
 
-from farm.model import JobSpec
-from farm.service import FarmService
+from farm.contracts.control import FarmService
+from farm.contracts.domain import JobSpec
 from tui import live
 from tui.dialogs import ConfirmScreen, SubmitScreen
 from tui.screens.base import LiveScreen

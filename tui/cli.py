@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from farm.errors import InvalidInput
+from farm.contracts.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from farm.control_client import FarmClient
+    from farm.api.control_client import FarmClient
 
 
 def add_tui_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,7 +43,7 @@ def run_tui(args: argparse.Namespace) -> int:
 def connect(address: str, token: str | None, roots_pem: bytes | None) -> FarmClient:
     """A FarmControl client that has answered once: an unreachable head or a refused token fails
     here, as farm's one-line error, rather than inside a blank dashboard."""
-    from farm.control_client import FarmClient, open_channel, split_address
+    from farm.api.control_client import FarmClient, open_channel, split_address
 
     host, port = split_address(address, default_port=0)
     client = FarmClient(open_channel(host, port, roots_pem), token, where=f"the head at {address}")

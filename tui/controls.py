@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, cast
 from textual.binding import Binding
 from textual.dom import DOMNode
 
-from farm.model import JobStatus
-from farm.service import JobView, NodeStatus, NodeView
-from farm.transitions import LEGAL
+from farm.contracts.control import JobView, NodeStatus, NodeView
+from farm.contracts.domain import JobStatus
+from farm.core.transitions import LEGAL
 
 if TYPE_CHECKING:
     from tui.app import FarmApp
 
-MIN_PRIORITY, MAX_PRIORITY = -100, 100  # farm.jobspec's range
+MIN_PRIORITY, MAX_PRIORITY = -100, 100  # farm.jobs.jobspec's range
 
 JOB_BINDINGS = [
     Binding("c", "cancel_job", "Cancel"),
@@ -36,7 +36,7 @@ JOB_BINDINGS = [
 ]
 
 # The job states in which each action makes sense; in others its key is shown dimmed and does nothing.
-# Cancel and pause follow farm.transitions (the service's own rule); resume and retry are the two
+# Cancel and pause follow farm.core.transitions (the service's own rule); resume and retry are the two
 # ways out of paused and failed.
 WAITING = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED})
 JOB_ACTIONS: dict[str, frozenset[JobStatus]] = {

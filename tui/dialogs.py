@@ -11,9 +11,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
-from farm.errors import InvalidInput
-from farm.jobspec import load_job_file
-from farm.model import JobSpec
+from farm.contracts.domain import JobSpec
+from farm.contracts.errors import InvalidInput
+from farm.jobs.jobspec import load_job_file
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -10,7 +10,7 @@ import time
 
 from rich.text import Text
 
-from farm.service import Event
+from farm.contracts.control import Event
 
 FULL, HALF = "━", "╸"
 

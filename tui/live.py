@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from farm.errors import InvalidInput
-from farm.service import Event, FarmService, JobView
+from farm.contracts.control import Event, FarmService, JobView
+from farm.contracts.errors import InvalidInput
 from tui.store import Update
 
 # Past this many distinct jobs in one batch of events, one list_jobs is cheaper than many get_job.

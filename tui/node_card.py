@@ -10,7 +10,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from farm.service import NodeStatus, NodeView
+from farm.contracts.control import NodeStatus, NodeView
 from tui.controls import NODE_BINDINGS, NodeControls
 from tui.format import bar, percent
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from farm.service import JobView, ShardView
+from farm.contracts.control import JobView, ShardView
 
 DONE = ("green", "dark_green")
 RUNNING = "yellow"

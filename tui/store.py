@@ -12,8 +12,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from farm.model import JobStatus
-from farm.service import Event, JobView, NodeView
+from farm.contracts.control import Event, JobView, NodeView
+from farm.contracts.domain import JobStatus
 from tui.format import duration
 
 ACTIVE = (JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PAUSED)

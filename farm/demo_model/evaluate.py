@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 def render_farm(seeds: int, steps: int, sampler: str, guidance: float) -> list[np.ndarray]:
     from PIL import Image
 
-    from farm.embedded import render_embedded
-    from farm.jobspec import make_job
+    from farm.cli.embedded import render_embedded
+    from farm.jobs.jobspec import make_job
     from node.simulated import simulated_nodes
 
     job = make_job(model="demo-shapes", prompts=list(CHECK_PROMPTS), seeds=seeds, steps=steps, sampler=sampler,

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from farm.checkpoint import Checkpoint
-from farm.errors import CheckpointError
-from farm.model import JobSpec, Sample
+from farm.contracts.domain import JobSpec, Sample
+from farm.contracts.errors import CheckpointError
 from farm.pipelines import memory, schedulers
 from farm.pipelines.families import Family
 from farm.pipelines.families.base import Live
 from farm.pipelines.quiet import quiet_libraries
 from farm.pipelines.tensors import from_raw, to_raw
+from farm.wire.checkpoint import Checkpoint
 
 OPTIONAL = {"safety_checker", "feature_extractor", "image_encoder"}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from farm.catalog import get_model
+from farm.jobs.catalog import get_model
 from farm.pipelines.families import get_family
 from farm.pipelines.quiet import quiet_libraries
 

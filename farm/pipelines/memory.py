@@ -1,6 +1,6 @@
 """Memory modes: how a node holds a model when its VRAM is tight.
 
-The planner picks a mode per shard from the cost model (`farm.costmodel.MemoryMode`); the node
+The planner picks a mode per shard from the cost model (`farm.core.costmodel.MemoryMode`); the node
 applies it to each stage's pipeline and reports the mode it really used, which goes into the
 output's provenance:
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from diffusers import DiffusionPipeline
 
-from farm.errors import InvalidInput
+from farm.contracts.errors import InvalidInput
 
 PLACEMENTS = ("full", "offload", "group_offload")
 

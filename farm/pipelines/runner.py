@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
-from farm import wire
-from farm.catalog import get_model
-from farm.errors import CheckpointError
-from farm.model import NodeInfo, SegmentResult, SegmentTask
+from farm.contracts.domain import NodeInfo, SegmentResult, SegmentTask
+from farm.contracts.errors import CheckpointError
+from farm.jobs.catalog import get_model
 from farm.pipelines import schedulers
 from farm.pipelines.engine import Engine
 from farm.pipelines.families import get_family
 from farm.pipelines.loader import builtin_folder, pick_device
 from farm.pipelines.preview import preview_pngs
 from farm.pipelines.quiet import quiet_libraries
+from farm.wire import checkpoint_codec as wire
 
 
 class SegmentRunner:

@@ -23,9 +23,9 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from farm.checkpoint import RawTensor, StateValue
-from farm.errors import InvalidInput
+from farm.contracts.errors import InvalidInput
 from farm.pipelines.tensors import from_raw, to_raw
+from farm.wire.checkpoint import RawTensor, StateValue
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "ddim": DDIMScheduler,

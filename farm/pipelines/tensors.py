@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from farm.checkpoint import RawTensor
+from farm.wire.checkpoint import RawTensor
 
 _TORCH = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,

@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Vertical
 from textual.widgets import Footer, Header, Label, Sparkline, Static
 
-from farm.model import JobStatus
+from farm.contracts.domain import JobStatus
 from tui.format import duration
 from tui.node_card import NodeCard
 from tui.screens.base import LiveScreen

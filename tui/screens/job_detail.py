@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widgets import Footer, Header, RichLog, Static
 from textual.worker import get_current_worker
 
-from farm.service import JobView
+from farm.contracts.control import JobView
 from tui.controls import JOB_BINDINGS, JobControls
 from tui.format import bar, duration, event_line, status_text
 from tui.screens.base import LiveScreen

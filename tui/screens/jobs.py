@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header
 
-from farm.service import JobView
+from farm.contracts.control import JobView
 from tui.controls import JOB_BINDINGS, JobControls
 from tui.jobs_table import JobsTable
 from tui.screens.base import LiveScreen

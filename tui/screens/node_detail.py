@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, RichLog, Static
 
-from farm.service import NodeView
+from farm.contracts.control import NodeView
 from tui.controls import NODE_BINDINGS, NodeControls
 from tui.format import event_line
 from tui.node_card import card_body

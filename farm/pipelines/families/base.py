@@ -18,7 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from farm.model import JobSpec, Sample
+from farm.contracts.domain import JobSpec, Sample
 
 
 @dataclass

@@ -27,7 +27,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import get_module_execution_device
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from farm.model import JobSpec, Sample
+from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
 from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import MAX_TOKENS, build_t5_tokenizer, build_tokenizer

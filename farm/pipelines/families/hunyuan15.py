@@ -35,7 +35,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-from farm.model import JobSpec, Sample
+from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
 from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import build_qwen_tokenizer

@@ -23,8 +23,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import T5Config, T5EncoderModel
 
-from farm.catalog import get_model
-from farm.model import JobSpec, Sample
+from farm.contracts.domain import JobSpec, Sample
+from farm.jobs.catalog import get_model
 from farm.pipelines import schedulers
 from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import build_t5_tokenizer

@@ -7,7 +7,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from farm.model import JobSpec, Sample
+from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
 from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import build_demo_pipeline

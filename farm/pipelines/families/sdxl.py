@@ -38,7 +38,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from farm.model import JobSpec, Sample
+from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
 from farm.pipelines.families.base import Family, Live, to_uint8
 from farm.pipelines.tiny import MAX_TOKENS, build_tokenizer

@@ -22,7 +22,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.video_processor import VideoProcessor
 from transformers import UMT5Config, UMT5EncoderModel
 
-from farm.model import JobSpec, Sample
+from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
 from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
 from farm.pipelines.tiny import build_t5_tokenizer

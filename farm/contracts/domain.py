@@ -1,0 +1,200 @@
+"""The farm's vocabulary as frozen dataclasses (pure core: no heavy imports).
+
+Words follow ARCHITECTURE.md: a job has samples; samples are batched into shards sized for a node;
+a shard runs as segments (step ranges) handed between nodes as checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # waiting for its first segment
+    RUNNING = "running"  # at least one segment started
+    PAUSED = "paused"  # by an operator: running segments finish, no new ones start
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One (prompt, seed) pair of a job: one image."""
+
+    index: int
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated request; build it with `farm.jobs.jobspec.make_job`, which checks every field."""
+
+    model: str
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    width: int
+    height: int
+    guidance: float
+    sampler: str
+    negative_prompt: str = ""
+    priority: int = 0
+    owner: str = "local"
+    frames: int = 1  # 1 for images; a video model's frame count
+
+    def samples(self) -> tuple[Sample, ...]:
+        """Every prompt once per seed, prompt-major, so sample indices are stable across runs."""
+        pairs = [(p, s) for p in self.prompts for s in self.seeds]
+        return tuple(Sample(i, p, s) for i, (p, s) in enumerate(pairs))
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One GPU of one PC as the scheduler sees it.
+
+    `speed` is relative throughput (1.0 = the reference card); the scheduler uses it for shares until
+    it has measured the node.
+    """
+
+    name: str
+    vram_gib: float
+    speed: float = 1.0
+    gpu: str = "unknown"
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Samples of one job batched for one node (`home`); `bounds` are its segments' step ranges."""
+
+    id: str
+    job_id: str
+    sample_indices: tuple[int, ...]
+    home: str
+    bounds: tuple[tuple[int, int], ...]
+    need_gib: float
+    memory_mode: str = "full"  # a costmodel.MemoryMode: how the node holds the model for this shard
+    # (memory mode, peak GiB) for every mode that holds this batch, cheapest in time first: another
+    # node may run a segment in a leaner mode than the home's, since the checkpoint is the same.
+    needs: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def batch(self) -> int:
+        return len(self.sample_indices)
+
+
+@dataclass(frozen=True)
+class ReadySegment:
+    """A segment whose previous segment is done, waiting for a node."""
+
+    shard_id: str
+    index: int
+    home: str
+    need_gib: float
+    job_id: str = ""  # for queue order (`farm.core.order.order_ready`); derived from shard_id when empty
+    model: str = ""  # lets a node that already holds this model take the segment first
+    priority: int = 0  # the job's priority: a node keeps to the model it holds only within one priority
+    needs: tuple[tuple[str, float], ...] = ()  # the shard's `needs`; empty: only `need_gib`
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node as one planner tick sees it.
+
+    `loaded` names the models it holds in memory; `peak_factor` scales the cost model's predictions
+    for this node (`costmodel.peak_correction` of its observed peaks).
+    """
+
+    info: NodeInfo
+    busy: bool = False
+    online: bool = True
+    loaded: frozenset[str] = frozenset()
+    peak_factor: float = 1.0
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Run segment `index` of shard `shard_id` on node `node` (in `memory_mode`; empty: the shard's)."""
+
+    node: str
+    shard_id: str
+    index: int
+    memory_mode: str = ""
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """Provenance: which node rendered which steps of a sample."""
+
+    node: str
+    gpu: str
+    start: int
+    end: int
+    memory_mode: str = "full"
+
+
+@dataclass
+class NodeTally:
+    """Per-node work counts for the summary a run prints."""
+
+    samples: int = 0  # samples this node finished (ran the last segment and decoded)
+    shards: int = 0  # distinct shards this node ran at least one segment of
+    segments: int = 0
+    steps: int = 0  # sample-steps rendered: the node's share of the denoising work
+    seconds: float = 0.0
+    shard_ids: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    """What the coordinator sends a node: run steps `[start, end)` of one shard.
+
+    `checkpoint` is the msgpack checkpoint of the previous segment (None for the first, which
+    encodes the prompts); after the shard's last step the node decodes and returns images.
+    """
+
+    job: JobSpec
+    shard_id: str
+    samples: tuple[Sample, ...]
+    index: int
+    start: int
+    end: int
+    checkpoint: bytes | None
+    memory_mode: str = "full"
+
+    @property
+    def last(self) -> bool:
+        return self.end == self.job.steps
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a node returns: the next checkpoint, or (after the last step) RGB images as raw bytes."""
+
+    shard_id: str
+    index: int
+    node: str
+    gpu: str
+    seconds: float
+    checkpoint: bytes | None = None
+    images: tuple[bytes, ...] = ()
+    denoise_seconds: float = 0.0  # the steps alone (no load, encode or decode): what speeds learn from
+    memory_mode: str = "full"
+    previews: tuple[bytes, ...] = ()  # one small PNG per sample after a middle segment
+    # The step the segment reached when its node was asked to stop early (pause): the checkpoint is
+    # at that step, and the rest of the segment's steps run later, maybe elsewhere. None: finished.
+    stopped_at: int | None = None
+    peak_gib: float = 0.0  # measured peak VRAM of the segment (0 when unknown): refines the cost model
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """A node finished one denoising step of a shard (drives the progress bars)."""
+
+    node: str
+    shard_id: str
+    step: int
+    batch: int

@@ -1,0 +1,300 @@
+"""The pure planner: turns jobs and the node table into shards, and ready segments into assignments.
+
+Two decisions, both pure functions of plain tables so they are tested without Ray or torch:
+
+* `plan_queue` / `shard_job` (at admission; again over unstarted work when a job arrives or a node
+  runs out of home work): a job goes only to nodes whose VRAM holds one sample in some memory mode.
+  Each sample goes to the node where it would finish first, counting the node's queued home work
+  and, where it does not hold the model, the load; on idle nodes that is a share proportional to
+  speed. A node's share is cut into shards of the largest batch its budget holds (unless a smaller
+  one runs a sample as fast: video), and each shard into segments of about `segment_seconds` on it
+  (at least two).
+* `plan_tick` (every tick): each idle node takes one ready segment; `ready` comes in queue order
+  (`farm.core.order`). A node's own shards go first (batch and segment length were sized for it), unless
+  a free node at least MIGRATE_GAIN times faster is idle; any other waiting segment then goes to an
+  idle node it fits in some memory mode, preferring one that already holds its model, then the
+  fastest. So no node idles while a segment that fits it waits.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from farm.contracts.domain import Assignment, NodeInfo, NodeState, ReadySegment, Shard
+from farm.contracts.ids import shard_id
+from farm.core import costmodel
+from farm.core.costmodel import Fit, Shape
+from farm.core.speed import SpeedBook, load_seconds, reference_decode_seconds
+
+# Target duration of one segment: bounds the work a crash loses and how long an owner waits to get
+# the GPU back, while keeping hand-offs (a checkpoint each) rare.
+SEGMENT_SECONDS = 30.0
+# No cap on steps per segment by default: the length comes from SEGMENT_SECONDS.
+DEFAULT_SEGMENT_STEPS: int | None = None
+# A larger batch is chosen only while it runs a sample at least this much faster.
+BATCH_GAIN = 0.01
+# A free node this many times faster than a segment's home runs it instead of the home.
+MIGRATE_GAIN = 1.5
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What the planner knows beyond the node table.
+
+    speeds        learned seconds per step per node and family (`SpeedBook.observe`)
+    backlog       seconds of home work each node already has queued ahead of this job
+    loaded        models each node holds in memory (a node without the model pays a load)
+    peak_factors  per-node corrections of the cost model (`costmodel.peak_correction`)
+    """
+
+    speeds: SpeedBook = field(default_factory=SpeedBook)
+    segment_seconds: float = SEGMENT_SECONDS
+    backlog: Mapping[str, float] = field(default_factory=dict)
+    loaded: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    peak_factors: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What sharding needs of a job: which model, its costed shape, its steps, the sample indices
+    still to place, its priority, and the index its next shard gets (shard ids stay unique when a
+    job's unstarted samples are planned again)."""
+
+    model: str
+    shape: Shape
+    steps: int
+    samples: tuple[int, ...]
+    priority: int = 0
+    first_shard: int = 0
+
+
+
+
+def segment_bounds(steps: int, max_steps: int | None = None) -> tuple[tuple[int, int], ...]:
+    """Cut `steps` into at least two near-equal contiguous ranges of at most `max_steps` steps."""
+    if steps < 2:
+        raise ValueError("a shard needs at least 2 steps to run as two segments")
+    count = max(2, math.ceil(steps / max(1, max_steps))) if max_steps else 2
+    cuts = [round(i * steps / count) for i in range(count + 1)]
+    return tuple((a, b) for a, b in zip(cuts, cuts[1:]))
+
+
+def segment_steps(step_seconds: float, target_seconds: float = SEGMENT_SECONDS) -> int:
+    """How many steps of `step_seconds` make a segment of about `target_seconds` (at least one)."""
+    return max(1, round(target_seconds / step_seconds))
+
+
+def apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """Split `total` items by `weights` with the largest-remainder method (sums exactly to total)."""
+    if total == 0 or not weights:
+        return [0] * len(weights)
+    scale = total / sum(weights)
+    exact = [w * scale for w in weights]
+    shares = [math.floor(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (shares[i] - exact[i], -weights[i]))
+    for i in order[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+@dataclass(frozen=True)
+class _Option:
+    """How a node would run a job: its batch (`fit`) and the fits of every smaller batch."""
+
+    node: NodeInfo
+    fit: Fit
+    smaller: tuple[Fit, ...]
+
+
+def _sample_seconds(shape: Shape, steps: int, fit: Fit, node: NodeInfo, speeds: SpeedBook) -> float:
+    """Expected seconds of one sample on a node in a shard of `fit`: its steps and its decode."""
+    decode = reference_decode_seconds(shape, 1, fit.mode.tiled) * speeds.factor(node, shape.family)
+    return speeds.seconds_per_sample_step(node, shape, fit.batch) * steps + decode
+
+
+def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) -> list[_Option]:
+    """The nodes that hold at least one sample, each with its batch: the largest its budget holds,
+    except where a smaller batch runs a sample as fast (within BATCH_GAIN). Image models get faster
+    per sample up to the largest batch; video models do not, and a shard of one video is one that
+    another card can take. Raises DoesNotFit (admission) when no node holds a sample."""
+    out = []
+    for node in nodes:
+        fits = costmodel.fits(demand.shape, node.vram_gib, len(demand.samples), context.peak_factors.get(node.name, 1.0))
+        if not fits:
+            continue
+        seconds = [_sample_seconds(demand.shape, demand.steps, f, node, context.speeds) for f in fits]
+        fastest = min(seconds)
+        chosen = next(f for f, t in zip(fits, seconds) if t <= fastest * (1 + BATCH_GAIN))
+        out.append(_Option(node, chosen, tuple(fits[: chosen.batch])))
+    if not out:
+        raise costmodel.does_not_fit(demand.shape, [n.vram_gib for n in nodes])
+    return out
+
+
+def split_samples(demand: Demand, options: Sequence[_Option], context: PlanContext) -> list[int]:
+    """How many samples each node gets: each sample goes where it would finish first.
+
+    A node's clock starts at its backlog, plus the model load where it does not hold the model; each
+    sample adds its steps and decode at the node's learned (or declared) speed and its batch. With no
+    backlog and no loads this is a share proportional to speed, to within one sample.
+    """
+    heap = []
+    per_sample = []
+    for i, opt in enumerate(options):
+        seconds = _sample_seconds(demand.shape, demand.steps, opt.fit, opt.node, context.speeds)
+        start = context.backlog.get(opt.node.name, 0.0)
+        if demand.model not in context.loaded.get(opt.node.name, frozenset()):
+            start += load_seconds(demand.shape)
+        per_sample.append(seconds)
+        heap.append((start + seconds, -opt.node.speed, i))
+    heapq.heapify(heap)
+    counts = [0] * len(options)
+    for _ in demand.samples:
+        finish, order, i = heapq.heappop(heap)
+        counts[i] += 1
+        heapq.heappush(heap, (finish + per_sample[i], order, i))
+    return counts
+
+
+def _shards(job_id: str, demand: Demand, options: Sequence[_Option], counts: Sequence[int],
+            max_segment_steps: int | None, context: PlanContext) -> list[Shard]:
+    """Cut each node's count into as few shards as its batch allows, each into segments."""
+    shards: list[Shard] = []
+    cursor = 0
+    for opt, count in zip(options, counts):
+        if count == 0:
+            continue
+        for size in apportion(count, [1.0] * math.ceil(count / opt.fit.batch)):
+            sized = opt.smaller[size - 1]
+            per = segment_steps(context.speeds.step_seconds(opt.node, demand.shape, size), context.segment_seconds)
+            cap = min(per, max_segment_steps) if max_segment_steps else per
+            shards.append(
+                Shard(
+                    id=shard_id(job_id, demand.first_shard + len(shards)),
+                    job_id=job_id,
+                    sample_indices=demand.samples[cursor : cursor + size],
+                    home=opt.node.name,
+                    bounds=segment_bounds(demand.steps, cap),
+                    need_gib=sized.need_gib,
+                    memory_mode=str(sized.mode),
+                    needs=costmodel.mode_needs(demand.shape, size),
+                )
+            )
+            cursor += size
+    return shards
+
+
+def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo], max_segment_steps: int | None = None,
+               context: PlanContext = PlanContext()) -> dict[str, list[Shard]]:
+    """Shards for every job's unplaced samples at once: (job id, demand) pairs in queue order.
+
+    Placing one job at a time in arrival order fills the large cards with work any card could do,
+    and a video job that arrives next then queues behind it while small cards idle. So within a
+    priority the jobs that fit the least capacity (the sum of speeds of the nodes that hold them)
+    are placed first, among those the ones whose samples take longest (a sample is indivisible:
+    placed last, a long video lands on whichever card is least full and sets the makespan, while
+    short image samples placed after it even the cards out), and each later job's samples go where
+    they finish first behind them. Higher priorities are placed first. Execution order stays the queue order (`plan_tick`). Call it again
+    with the unstarted samples of every queued job whenever a job arrives. Raises DoesNotFit.
+    """
+    options = {job_id: _options(d, nodes, context) for job_id, d in demands}
+    capacity = {job_id: sum(context.speeds.relative_speed(o.node, d.shape.family) for o in options[job_id])
+                for job_id, d in demands}
+    longest = {job_id: max(_sample_seconds(d.shape, d.steps, o.fit, o.node, context.speeds) for o in options[job_id])
+               for job_id, d in demands}
+    order = sorted(range(len(demands)),
+                   key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], -longest[demands[i][0]], i))
+    backlog = {n.name: context.backlog.get(n.name, 0.0) for n in nodes}
+    loaded = {n.name: context.loaded.get(n.name, frozenset()) for n in nodes}
+    by_name = {n.name: n for n in nodes}
+    out: dict[str, list[Shard]] = {}
+    for i in order:
+        job_id, demand = demands[i]
+        step = replace(context, backlog=backlog, loaded=loaded)
+        counts = split_samples(demand, options[job_id], step)
+        out[job_id] = _shards(job_id, demand, options[job_id], counts, max_segment_steps, step)
+        for shard in out[job_id]:
+            backlog[shard.home] += shard_seconds(shard, demand.shape, 0, by_name[shard.home], context.speeds)
+            loaded[shard.home] = loaded[shard.home] | {demand.model}
+    return out
+
+
+def plan_shards(job_id: str, demand: Demand, nodes: Sequence[NodeInfo], max_segment_steps: int | None = None,
+                context: PlanContext = PlanContext()) -> list[Shard]:
+    """Shards of one job for `nodes` (see the module docstring); raises DoesNotFit."""
+    return plan_queue([(job_id, demand)], nodes, max_segment_steps, context)[job_id]
+
+
+def shard_seconds(shard: Shard, shape: Shape, from_step: int, node: NodeInfo, speeds: SpeedBook) -> float:
+    """Expected seconds of a shard on `node` from step `from_step`: the steps left and the decode."""
+    tiled = costmodel.MemoryMode(shard.memory_mode).tiled
+    decode = reference_decode_seconds(shape, shard.batch, tiled) * speeds.factor(node, shape.family)
+    return (shard.bounds[-1][1] - from_step) * speeds.step_seconds(node, shape, shard.batch) + decode
+
+
+def backlog_seconds(pending: Iterable[tuple[Shard, Shape, int]], nodes: Sequence[NodeInfo],
+                    speeds: SpeedBook) -> dict[str, float]:
+    """Seconds of home work each node has queued: (shard, shape, next step) of unfinished shards."""
+    by_name = {n.name: n for n in nodes}
+    out = {n.name: 0.0 for n in nodes}
+    for shard, shape, step in pending:
+        if shard.home in by_name:
+            out[shard.home] += shard_seconds(shard, shape, step, by_name[shard.home], speeds)
+    return out
+
+
+def _mode_on(seg: ReadySegment, node: NodeState) -> str | None:
+    """The cheapest memory mode in which the segment fits the node's budget ("" for the shard's own
+    mode when the segment lists no modes); None when it fits in none."""
+    budget = costmodel.usable_gib(node.info.vram_gib)
+    return next((mode for mode, need in seg.needs or (("", seg.need_gib),) if need * node.peak_factor <= budget), None)
+
+
+def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list[Assignment]:
+    """One decision per idle node; `ready` is in queue order (earlier first).
+
+    Home segments go first, so a node's own next segment is never taken by a neighbour that was
+    merely quicker to ask, only by an idle one with nothing of its own that is MIGRATE_GAIN times
+    faster (within the top priority of its own segments, one of a model it holds comes first: a
+    model load costs more than the order of two jobs' segments on one card). Then each
+    waiting segment, in queue order, goes to an idle node it fits in some memory mode, one that holds
+    its model first, then the fastest. So no node idles while a segment that fits it waits.
+    """
+    idle = {n.info.name: n for n in nodes if n.online and not n.busy}
+    taken: set[tuple[str, int]] = set()
+    out: list[Assignment] = []
+
+    def assign(name: str, seg: ReadySegment, mode: str) -> None:
+        out.append(Assignment(name, seg.shard_id, seg.index, mode))
+        taken.add((seg.shard_id, seg.index))
+        del idle[name]
+
+    own: dict[str, list[tuple[ReadySegment, str]]] = {}
+    for seg in ready:
+        if seg.home in idle and (mode := _mode_on(seg, idle[seg.home])) is not None:
+            own.setdefault(seg.home, []).append((seg, mode))
+    free = [n for n in idle.values() if n.info.name not in own]
+    for name, segs in own.items():
+        top = [(s, m) for s, m in segs if s.priority == segs[0][0].priority]
+        seg, mode = next(((s, m) for s, m in top if s.model in idle[name].loaded), segs[0])
+        # A card with nothing of its own to do that is much faster takes the segment over (its shard
+        # moves through the checkpoint): the last segments of a queue then run on the fastest cards.
+        faster = [(n, m) for n in free if n.info.name in idle and n.info.speed >= MIGRATE_GAIN * idle[name].info.speed
+                  and (m := _mode_on(seg, n)) is not None]
+        if faster:
+            node, mode = max(faster, key=lambda nm: nm[0].info.speed)
+            name = node.info.name
+        assign(name, seg, mode)
+    for seg in ready:
+        if not idle:
+            break
+        if (seg.shard_id, seg.index) in taken:
+            continue
+        modes = {name: m for name, n in idle.items() if (m := _mode_on(seg, n)) is not None}
+        if modes:
+            best = min((idle[name] for name in modes), key=lambda n: (seg.model not in n.loaded, -n.info.speed, n.info.name))
+            assign(best.info.name, seg, modes[best.info.name])
+    return out
