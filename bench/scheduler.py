@@ -27,9 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from farm.contracts.domain import NodeInfo  # noqa: E402
+from farm.core.baselines import equal_split, one_sample_per_task  # noqa: E402
 from farm.core.costmodel import Shape  # noqa: E402
-from farm.runtime.baselines import EqualSplit, OneSamplePerTask  # noqa: E402
-from farm.runtime.simulate import FarmPolicy, LowerBound, Outcome, Policy, SimJob, SimNode, lower_bound, simulate  # noqa: E402
+from farm.core.decide import Decide, decide  # noqa: E402
+from farm.runtime.simulate import LowerBound, Outcome, SimJob, SimNode, lower_bound, simulate  # noqa: E402
 
 # (model, costed shape, steps, fewest and most samples per job, how often it is asked for). Home cards
 # run video models with 8-bit weights (computing in bf16) where 16-bit ones do not fit; both are here.
@@ -42,7 +43,8 @@ KINDS = [
     ("hunyuanvideo15-fp8", Shape("hunyuanvideo15", 480, 320, 61, dtype="fp8"), 50, 1, 2, 1),
 ]
 OWNERS = ("ana", "ben", "cho")
-POLICIES: tuple[Callable[[], Policy], ...] = (FarmPolicy, EqualSplit, OneSamplePerTask)
+POLICIES: tuple[tuple[str, Decide], ...] = (
+    ("farm", decide), ("equal split", equal_split), ("one sample per task (Ray default)", one_sample_per_task))
 
 
 def hetero4() -> list[SimNode]:
@@ -69,7 +71,7 @@ def workload(rng: random.Random, jobs: int) -> list[SimJob]:
 
 
 def run(nodes: list[SimNode], jobs: list[SimJob]) -> tuple[LowerBound, list[Outcome]]:
-    return lower_bound(nodes, jobs), [simulate(make(), nodes, jobs) for make in POLICIES]
+    return lower_bound(nodes, jobs), [simulate(nodes, jobs, fn, name) for name, fn in POLICIES]
 
 
 def show(title: str, nodes: list[SimNode], jobs: list[SimJob]) -> None:
@@ -101,7 +103,8 @@ def summary(title: str, cluster: Callable[[random.Random], list[SimNode]], jobs:
         speedup.append(outcomes[1].makespan / outcomes[0].makespan)
     print(f"\n-- {title}, {seeds} workloads: makespan / bound mean (worst), model loads mean")
     for name, values in ratios.items():
-        print(f"{name:36} {statistics.mean(values):6.3f} ({max(values):.3f})  loads {statistics.mean(loads[name]):6.1f}")
+        mean_loads = statistics.mean(loads[name])
+        print(f"{name:36} {statistics.mean(values):6.3f} ({max(values):.3f})  loads {mean_loads:6.1f}")
     print(f"farm vs equal split: {statistics.mean(speedup):.2f}x faster on average, {min(speedup):.2f}x at worst")
 
 

@@ -83,7 +83,7 @@ def tiny_rows() -> list[tuple[str, float, float, int]]:
         live = engine.denoise(live, 1)
         state = (live.latents.clone(), live.step, schedulers.capture(live.scheduler))
 
-        def one_step() -> None:
+        def one_step(live=live, state=state, engine=engine) -> None:
             live.latents, live.step = state[0].clone(), state[1]
             schedulers.restore(live.scheduler, state[2], engine.device)
             engine.denoise(live, 2)
@@ -106,14 +106,15 @@ def full_size_rows() -> list[tuple[str, float, float, int]]:
         scheduler.set_timesteps(30)
         generator = torch.Generator().manual_seed(0)
 
-        def checkpoint() -> bytes:
+        def checkpoint(label=label, sampler=sampler, latents=latents, cond=cond, scheduler=scheduler,
+                       generator=generator) -> bytes:
             return wire.encode(Checkpoint(
                 model=label, family=label.split()[0], sampler=sampler, step=10, steps=30, guidance=5.0, width=0,
                 height=0, frames=1, seeds=(0,), latents=to_raw(latents),
                 conditioning={k: to_raw(v) for k, v in cond.items()}, scheduler_state=schedulers.capture(scheduler),
                 rng_states=(generator.get_state().numpy().tobytes(),)))
 
-        def once() -> None:
+        def once(sampler=sampler, checkpoint=checkpoint) -> None:
             back = wire.decode(checkpoint())
             resumed = schedulers.make(sampler, {"num_train_timesteps": 1000})
             resumed.set_timesteps(30)

@@ -49,9 +49,15 @@ def _minute_of_day() -> int:
 class Agent:
     def __init__(self, probe: HostProbe, policy: OwnerPolicy, worker: Supervisor | None = None, *,
                  release_s: float = 5.0, drain_s: float = 600.0, settle_s: float = rules.DEFAULT_SETTLE_S,
-                 clock: Callable[[], float] = time.monotonic, minute_of_day: Callable[[], int] = _minute_of_day) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 minute_of_day: Callable[[], int] = _minute_of_day,
+                 release: Callable[[], None] | None = None) -> None:
         self.probe = probe
         self.worker = worker
+        # Without a worker to stop (the head's own GPU, whose actors live in the head's Ray node):
+        # called once per pause, after `release_s`, to make the node's actors free the GPU.
+        self.release = release
+        self._released = False
         self.release_s, self.drain_s, self.settle_s = release_s, drain_s, settle_s
         self._clock = clock
         self._minute = minute_of_day
@@ -73,7 +79,8 @@ class Agent:
         own = process_tree(self.worker.pid if self.worker else None)
         # Where the driver reports per-process memory (Linux); elsewhere the cap still sizes the budget.
         farm_vram = sum(p.gpu_gib for p in reading.processes if p.pid in own)
-        pause, drain = rules.reasons(self._state.policy, reading.processes, reading.gpus, self._minute(), own, farm_vram)
+        pause, drain = rules.reasons(self._state.policy, reading.processes, reading.gpus, self._minute(), own,
+                                     farm_vram)
         with self._cv:
             before = self._state.held.status
             self._state = rules.decide(self._state, self._clock(), pause, drain, self.settle_s)
@@ -94,6 +101,11 @@ class Agent:
 
     def _steer_worker(self, status: NodeStatus) -> None:
         if self.worker is None:
+            if status != NodeStatus.PAUSED:
+                self._released = False
+            elif self.release is not None and not self._released and self._clock() - self._since >= self.release_s:
+                self._released = True
+                threading.Thread(target=self.release, name="release-gpu", daemon=True).start()
             return
         waited = self._clock() - self._since
         if status == NodeStatus.IDLE:

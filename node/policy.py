@@ -98,8 +98,8 @@ def decide(state: RulesState, now: float, pause: list[str], drain: list[str],
     """The next state: operator requests win; a rule's pause or drain holds until it has been clear
     for `settle_s` seconds."""
     if state.operator is not None:
-        return replace(state, held=Decision(state.operator, state.operator_reason or f"{state.operator} by an operator"),
-                       clear_since=None)
+        reason = state.operator_reason or f"{state.operator} by an operator"
+        return replace(state, held=Decision(state.operator, reason), clear_since=None)
     if pause:
         return replace(state, held=Decision(NodeStatus.PAUSED, "; ".join(pause)), clear_since=None)
     if drain:  # a paused node takes no work either, so it may go straight to draining

@@ -34,7 +34,8 @@ class SimulatedGpus:
     """Declared cards for PCs without an NVIDIA GPU: (VRAM GiB) each; the work runs on the CPU."""
 
     def __init__(self, vram_gib: Sequence[float]) -> None:
-        self._gpus = tuple(GpuSample(i, f"simulated {v:g} GiB (CPU)", v, simulated=True) for i, v in enumerate(vram_gib))
+        self._gpus = tuple(GpuSample(i, f"simulated {v:g} GiB (CPU)", v, simulated=True)
+                           for i, v in enumerate(vram_gib))
 
     def gpus(self) -> tuple[GpuSample, ...]:
         return self._gpus

@@ -62,7 +62,8 @@ def run_cut(e: Engines, job: JobSpec, cut: int | None) -> torch.Tensor:
     payload = wire.encode(first.to_checkpoint(live))
     resumed = second.from_checkpoint(wire.decode(payload), job)
     out = second.denoise(resumed, total).latents
-    assert second.loaded_components() == set(second.family.stages["denoise"]), "a middle segment loaded more than its denoiser"
+    assert second.loaded_components() == set(second.family.stages["denoise"]), \
+        "a middle segment loaded more than its denoiser"
     return out
 
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from farm.cli.main import main
 from farm.cluster.credentials import HeadCredentials
 from farm.cluster.membership import Membership
 from farm.cluster.pki import write_private
-from farm.contracts.control import NodeStatus
+from farm.contracts.control import JobView, NodeStatus
 from farm.contracts.domain import JobStatus
 
 JOB = 'model = "demo-tiny"\nprompts = ["a red circle"]\nseeds = 2\nsteps = 4\n'
@@ -66,21 +65,44 @@ def test_submit_detach_jobs_and_cancel(head: LocalHead, tmp_path: Path, capsys: 
     assert run(capsys, "cancel", job_id)[0] == 0 and head.farm.get_job(job_id).status == JobStatus.CANCELLED
 
 
-def test_submit_follows_the_job_until_done(head: LocalHead, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit_follows_the_job_until_done(head: LocalHead, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "job.toml").write_text(JOB)
 
-    def render() -> None:  # the fake head finishes the job a moment later
-        while not head.farm.jobs:
-            time.sleep(0.05)
-        time.sleep(0.6)
+    written = tmp_path / "head-renders"
+    written.mkdir()
+    for name in ("0000-seed0.png", "0001-seed1.png"):
+        (written / name).write_bytes(name.encode() * 1000)
+
+    # The CLI has read the job while it was still queued: from then on it is following it.
+    seen_queued = threading.Event()
+    get_job = head.farm.get_job
+
+    def watched_get_job(job_id: str) -> JobView:
+        view = get_job(job_id)
+        if view.status == JobStatus.QUEUED:
+            seen_queued.set()
+        return view
+
+    monkeypatch.setattr(head.farm, "get_job", watched_get_job)
+    following = []
+
+    def render() -> None:  # the fake head finishes the job once the CLI is following it
+        following.append(seen_queued.wait(timeout=60))
+        if not head.farm.jobs:  # never submitted: the assertions below say so
+            return
         (job_id,) = head.farm.jobs
         head.farm.jobs[job_id] = replace(head.farm.jobs[job_id], status=JobStatus.DONE, samples_done=2, steps_done=8,
-                                         outputs=("renders/x/0.png", "renders/x/1.png"))
+                                         outputs=tuple(str(p) for p in sorted(written.iterdir())))
 
     threading.Thread(target=render, daemon=True).start()
-    code, out, _ = run(capsys, "submit", str(tmp_path / "job.toml"))
+    code, out, _ = run(capsys, "submit", str(tmp_path / "job.toml"), "--out", str(tmp_path / "mine"))
+    assert following == [True], "the CLI never read the job while it was queued"
     assert code == 0
-    assert out.splitlines() == [f"{next(iter(head.farm.jobs))} done: 2/2 samples", "renders/x/0.png", "renders/x/1.png"]
+    job_id = next(iter(head.farm.jobs))
+    mine = [str(tmp_path / "mine" / job_id / name) for name in ("0000-seed0.png", "0001-seed1.png")]
+    assert out.splitlines() == [f"{job_id} done: 2/2 samples", *mine]  # paths on this PC, downloaded
+    assert [Path(p).read_bytes() for p in mine] == [p.read_bytes() for p in sorted(written.iterdir())]
 
 
 def test_nodes_and_node_commands(head: LocalHead, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,7 +113,7 @@ def test_nodes_and_node_commands(head: LocalHead, capsys: pytest.CaptureFixture[
     assert run(capsys, "node", "drain", "pc2")[0] == 0 and head.farm.nodes["pc2"].status == NodeStatus.DRAINING
     assert run(capsys, "node", "resume", "pc1")[0] == 0 and head.farm.nodes["pc1"].status == NodeStatus.IDLE
     code, _, err = run(capsys, "node", "pause", "pc9")
-    assert code == 2 and err == "farm: name: no node 'pc9'\n"
+    assert code == 2 and err == "farm: node: no node 'pc9'; nodes: pc1, pc2\n"
 
 
 def test_token_rotate_then_the_old_token_is_refused(head: LocalHead, capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,6 +147,7 @@ def test_client_errors_are_one_line_without_traceback(tmp_path: Path, args: list
     env = {**os.environ, "FARM_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     env.pop("FARM_HEAD", None)
     env.pop("FARM_TOKEN", None)
-    r = subprocess.run([sys.executable, "-m", "farm.cli.main", *args], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "farm.cli.main", *args], env=env, capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == code and message in r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr and r.stdout == ""

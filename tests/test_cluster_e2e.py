@@ -13,9 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
+from waiting import wait_for
 
+from farm.cli.cluster import connect
 from farm.runtime.outputs import read_provenance
 
 pytestmark = pytest.mark.slow
@@ -69,6 +73,18 @@ def read_line(proc: subprocess.Popen[str], startswith: str, timeout: float) -> s
     raise AssertionError(f"no line starting with {startswith!r} within {timeout} s")
 
 
+def ray_worker_running(agent: subprocess.Popen[str]) -> bool:
+    """Whether the agent's supervised `ray start --block` (the PC's Ray worker) is alive."""
+    for child in psutil.Process(agent.pid).children(recursive=True):
+        try:
+            argv = child.cmdline()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        if "start" in argv and "--block" in argv:
+            return True
+    return False
+
+
 @pytest.fixture
 def farm(tmp_path: Path) -> Iterator[Farm]:
     f = Farm(tmp_path)
@@ -76,10 +92,12 @@ def farm(tmp_path: Path) -> Iterator[Farm]:
     f.stop()
 
 
-def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm) -> None:
+def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm, monkeypatch: pytest.MonkeyPatch) -> None:
     ray_port = free_port()
+    # A free HTTP port too: the default 7860 is taken whenever another head runs on this machine.
     head = farm.spawn("head", "head", "--advertise", "127.0.0.1", "--bind", "127.0.0.1", "--port", "0",
-                      "--ray-port", str(ray_port), "--simulate-gpu", "8", "--name", "headpc", "--out", "out")
+                      "--ray-port", str(ray_port), "--http", f"127.0.0.1:{free_port()}", "--simulate-gpu", "8",
+                      "--name", "headpc", "--out", "out")
     join_cmd = read_line(head, "farm join", timeout=240).split()
     address, token = join_cmd[2], join_cmd[4]
     joined = farm.spawn("pc2", "join", address, "--token", token, "--simulate-gpu", "12", "--name", "pc2",
@@ -95,12 +113,13 @@ def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm) -> None:
 
     # Keep the work off the head's own node: the job must render on the joined PC.
     assert farm.cli("node", "pause", "headpc").returncode == 0
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def statuses() -> dict[str, dict[str, object]] | None:
         nodes = {n["name"]: n for n in map(json.loads, farm.cli("nodes", "--json").stdout.splitlines())}
-        if nodes.get("pc2", {}).get("status") == "idle" and nodes["headpc"]["status"] == "paused":
-            break
-        time.sleep(1)
+        ready = nodes.get("pc2", {}).get("status") == "idle" and nodes.get("headpc", {}).get("status") == "paused"
+        return nodes if ready else None
+
+    nodes = wait_for(statuses, 240, "pc2 idle and headpc paused", interval=1)  # each poll is one CLI process
     assert nodes["pc2"]["gpu"] == "simulated 12 GiB (CPU)"
 
     (farm.root / "job.toml").write_text(JOB)
@@ -112,10 +131,19 @@ def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm) -> None:
     assert {run["node"] for run in runs["segments"]} == {"pc2"}, runs  # type: ignore[attr-defined]
 
     # Paused, the PC stops its Ray worker (the GPU is free); resumed, a new worker and a new actor render.
-    assert farm.cli("node", "pause", "pc2").returncode == 0
-    time.sleep(12)
-    assert farm.cli("node", "resume", "pc2").returncode == 0
-    time.sleep(15)
+    monkeypatch.setenv("FARM_HOME", str(farm.root / "head"))
+    client = connect(SimpleNamespace(head=None, token=None))  # as `farm` on the head's PC does
+    try:
+        seen = client.events(0)[-1].seq
+        assert ray_worker_running(joined)
+        assert farm.cli("node", "pause", "pc2").returncode == 0
+        wait_for(lambda: not ray_worker_running(joined), 120, "pc2's Ray worker stopped after the pause", interval=0.5)
+        assert farm.cli("node", "resume", "pc2").returncode == 0
+        # The agent starts a new worker; the head sees its restart and gives pc2 a new actor (node_joined).
+        wait_for(lambda: [e for e in client.events(seen, timeout=1.0) if e.kind == "node_joined" and e.node == "pc2"],
+                 240, "the head gave pc2's new Ray worker a new actor", interval=0.1)
+    finally:
+        client.close()
     r = farm.cli("submit", "job.toml", timeout=400)
     assert r.returncode == 0, r.stderr + (farm.root / "head.log").read_text()[-3000:]
     runs = read_provenance(farm.root / r.stdout.splitlines()[1])
@@ -125,6 +153,7 @@ def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm) -> None:
     bad = farm.cli("jobs", "--head", address, "--token", token[:-4] + "XXXX")
     assert bad.returncode == 1 and "refused the token" in bad.stderr
 
-    assert farm.cli("node", "remove", "pc2").returncode == 0  # it drains and takes no more work
+    assert farm.cli("node", "remove", "pc2").returncode == 0  # it leaves at once: its worker stops
     nodes = {n["name"]: n for n in map(json.loads, farm.cli("nodes", "--json").stdout.splitlines())}
-    assert nodes["pc2"]["status"] == "draining"
+    assert "pc2" not in nodes
+    wait_for(lambda: not ray_worker_running(joined), 120, "pc2's Ray worker stopped after its removal", interval=0.5)

@@ -48,10 +48,12 @@ def test_every_farm_rpc_round_trips(head: Head) -> None:
     c.move_job(job_id, -2)
     c.pause_job(job_id)
     c.resume_job(job_id)
+    head.farm.put_job(replace(head.farm.jobs[job_id], status=JobStatus.FAILED))  # only a failed job is retried
     c.retry_job(job_id)
     assert head.farm.get_job(job_id).spec.priority == 9
-    assert ("move_job", (job_id, -2)) in head.farm.calls
-    assert [k for k, _ in head.farm.calls if k.startswith("job_")] == ["job_paused", "job_resumed", "job_retried"]
+    assert ("move_job", job_id, -2) in head.farm.calls
+    assert [call for call in head.farm.calls if call[0] in ("pause_job", "resume_job", "retry_job")] == [
+        ("pause_job", job_id), ("resume_job", job_id), ("retry_job", job_id)]
     assert c.preview(job_id, 0) is None
     head.farm.previews[(job_id, 1)] = b"\x89PNG fake"
     assert c.preview(job_id, 1) == b"\x89PNG fake"
@@ -169,12 +171,17 @@ def test_health_is_served_without_a_token(head: Head) -> None:
     [
         ("Submit", control_pb2.SubmitRequest(), "model"),
         ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny")), "prompts"),
-        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], steps=0)), "steps"),
-        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], width=12)), "width"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], steps=0)),
+         "steps"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], width=12)),
+         "width"),
         ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=[" "])), "prompts[0]"),
         ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="nope", prompts=["x"])), "model"),
-        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], guidance=float("nan"))), "guidance"),
-        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], priority=101)), "priority"),
+        ("Submit",
+         control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], guidance=float("nan"))),
+         "guidance"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["x"], priority=101)),
+         "priority"),
         ("GetJob", control_pb2.JobRef(), "job_id"),
         ("CancelJob", control_pb2.JobRef(job_id="x" * 200), "job_id"),
         ("SetPriority", control_pb2.SetPriorityRequest(job_id="j1", priority=-500), "priority"),
@@ -189,7 +196,8 @@ def test_bad_messages_are_invalid_argument_naming_the_field_and_lose_nothing(
     queued = head.client().submit(job())
     stub = control_pb2_grpc.FarmControlStub(open_channel("127.0.0.1", head.port, head.creds.tls.cert_pem))
     with pytest.raises(grpc.RpcError) as e:
-        getattr(stub, method)(request_, metadata=(("authorization", f"Bearer {head.creds.tokens.farm_token}"),), timeout=5)
+        auth = (("authorization", f"Bearer {head.creds.tokens.farm_token}"),)
+        getattr(stub, method)(request_, metadata=auth, timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     assert e.value.details().startswith(f"{field}: ") and "\n" not in e.value.details()
     assert [j.id for j in head.farm.list_jobs()] == [queued] and head.farm.get_job(queued).status == JobStatus.QUEUED
@@ -197,8 +205,9 @@ def test_bad_messages_are_invalid_argument_naming_the_field_and_lose_nothing(
 
 def test_client_raises_farm_errors_with_the_field(head: Head) -> None:
     c = head.client()
-    with pytest.raises(NotFound, match="job_id"):
+    with pytest.raises(NotFound, match="no job 'j404'") as missing:
         c.get_job("j404")
+    assert missing.value.field == "job"  # the coordinator's field, which the fake shares
     with pytest.raises(InvalidInput) as e:
         c.set_priority("j404", 500)
     assert e.value.field == "priority"

@@ -30,7 +30,8 @@ METHODS = [m for m in SERVICE.methods if not m.server_streaming and m.name not i
 CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 
 SCALARS = {
-    FieldDescriptor.TYPE_STRING: st.one_of(st.text(max_size=20), st.sampled_from(["demo-tiny", "j1", "sim-8gb", "euler_a"])),
+    FieldDescriptor.TYPE_STRING: st.one_of(st.text(max_size=20),
+                                           st.sampled_from(["demo-tiny", "j1", "sim-8gb", "euler_a"])),
     FieldDescriptor.TYPE_BYTES: st.binary(max_size=20),
     FieldDescriptor.TYPE_BOOL: st.booleans(),
     FieldDescriptor.TYPE_DOUBLE: st.floats(allow_nan=True, allow_infinity=True),
@@ -82,7 +83,8 @@ def test_random_messages_never_crash_the_head_or_lose_the_queue(head, data: st.D
     method = data.draw(st.sampled_from(METHODS))
     request = data.draw(message(method.input_type))
     output = message_factory.GetMessageClass(method.output_type)
-    call = channel.unary_unary(f"/{SERVICE.full_name}/{method.name}", request_serializer=lambda m: m.SerializeToString(),
+    call = channel.unary_unary(f"/{SERVICE.full_name}/{method.name}",
+                               request_serializer=lambda m: m.SerializeToString(),
                                response_deserializer=output.FromString)
     try:
         call(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10)

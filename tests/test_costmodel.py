@@ -68,15 +68,20 @@ def test_denoiser_peak_within_10_percent_of_each_measured_row(key: str, batch: i
 
 def test_denoiser_weights_match_the_measured_weights() -> None:
     for key, shape in BACKBONE_SHAPES.items():
-        assert shape.profile.component(denoiser(shape)).weights_gib == pytest.approx(BACKBONES[key]["weights_gib"], rel=0.01)
+        measured = BACKBONES[key]["weights_gib"]
+        assert shape.profile.component(denoiser(shape)).weights_gib == pytest.approx(measured, rel=0.01)
 
 
 @pytest.mark.parametrize("name", sorted(STAGE_ROWS))
 def test_stage_peak_within_10_percent_of_each_measured_row(name: str) -> None:
+    """Rows were measured in bfloat16; a component that runs in its own dtype (Wan's VAE in fp32,
+    as diffusers runs it) is predicted at that dtype, so its 16-bit row scales by the byte ratio."""
     shape, component, batch, tiled = STAGE_ROWS[name]
     mode = MemoryMode.OFFLOAD_TILED if tiled else MemoryMode.OFFLOAD
     predicted = costmodel.component_peak_gib(shape, component, batch, mode)
-    assert predicted == pytest.approx(STAGES[name]["peak_gib"], rel=0.10)
+    fixed = shape.profile.component(component).dtype
+    ratio = costmodel.DTYPE_BYTES[fixed][0] / 2 if fixed else 1.0
+    assert predicted == pytest.approx(STAGES[name]["peak_gib"] * ratio, rel=0.10)
 
 
 def test_hunyuan_vae_that_ran_out_of_80_gib_untiled_never_runs_untiled() -> None:
@@ -118,7 +123,8 @@ def test_activations_grow_with_pixels_frames_and_batch_but_text_does_not() -> No
 
 def test_dtype_scales_weights_and_activations() -> None:
     fp16 = costmodel.component_peak_gib(Shape("ltxv", 768, 512, 121), "transformer", 1, MemoryMode.OFFLOAD)
-    fp32 = costmodel.component_peak_gib(Shape("ltxv", 768, 512, 121, dtype="fp32"), "transformer", 1, MemoryMode.OFFLOAD)
+    fp32 = costmodel.component_peak_gib(Shape("ltxv", 768, 512, 121, dtype="fp32"), "transformer", 1,
+                                        MemoryMode.OFFLOAD)
     fp8 = costmodel.component_peak_gib(Shape("ltxv", 768, 512, 121, dtype="fp8"), "transformer", 1, MemoryMode.OFFLOAD)
     assert fp32 == pytest.approx(2 * fp16)
     assert fp8 == pytest.approx(fp16 - 3.583 / 2)
@@ -139,16 +145,18 @@ def test_best_fit_is_the_largest_batch_in_the_cheapest_mode_that_holds_it() -> N
 
 def test_budget_keeps_a_safety_margin() -> None:
     assert costmodel.usable_gib(24) < 24 * 0.95
-    assert costmodel.max_batch(Shape("sd15", 512, 512), 24, correction=1.5) < costmodel.max_batch(Shape("sd15", 512, 512), 24)
+    shape = Shape("sd15", 512, 512)
+    assert costmodel.max_batch(shape, 24, correction=1.5) < costmodel.max_batch(shape, 24)
 
 
 def test_a_job_that_fits_no_node_is_refused_naming_the_vram_it_needs() -> None:
+    # Even streamed, HunyuanVideo-1.5's transformer holds 21.3 GiB of activations at 848x480x121.
     shape = Shape("hunyuanvideo15", 848, 480, 121)
     need = costmodel.min_vram_gib(shape)
-    assert 36.8 < need < 48
+    assert 21.3 < need < 36.8
     with pytest.raises(DoesNotFit, match=f"at least {need:.1f} GiB") as err:
-        costmodel.check_fits(shape, [8, 12, 24])
-    assert "largest node has 24.0 GiB" in str(err.value)
+        costmodel.check_fits(shape, [8, 12, 16])
+    assert "largest node has 16.0 GiB" in str(err.value)
     assert costmodel.best_fit(shape, need, 1) is not None
     assert costmodel.best_fit(shape, need - 0.2, 1) is None
     costmodel.check_fits(Shape("ltxv", 768, 512, 121), [8, 12])  # fits the 12 GiB node with offload
@@ -160,3 +168,33 @@ def test_peak_correction_learns_up_quickly_and_down_only_a_little() -> None:
     assert costmodel.peak_correction([(4.0, 2.0)]) == costmodel.MIN_CORRECTION
     assert costmodel.peak_correction([(4.0, 40.0)]) == costmodel.MAX_CORRECTION
     assert costmodel.peak_correction([(0.0, 3.0), (3.0, 0.0)]) == 1.0
+
+
+@pytest.mark.parametrize(("shape", "model_offload_need"), [
+    (Shape("flux", 1024, 1024), 26.3),  # Flux.1-dev at its default size
+    (Shape("hunyuanvideo15", 832, 480, 33), 24.7),  # HunyuanVideo-1.5 at 480p, 33 frames
+])
+def test_group_offload_admits_flux_and_hunyuan_on_16_and_24_gib_cards(shape: Shape, model_offload_need: float) -> None:
+    """Without group offload neither fits a 24 GiB card (the figures of issue 14); streamed, both fit
+    16 GiB, in group offload mode (the cheapest in time that holds them)."""
+    offload_only = min(costmodel.shard_peak_gib(shape, 1, m) for m in (MemoryMode.OFFLOAD, MemoryMode.OFFLOAD_TILED))
+    assert (offload_only + costmodel.RESERVE_GIB) / (1 - costmodel.MARGIN) == pytest.approx(model_offload_need, abs=0.3)
+    for vram in (16, 24):
+        fit = costmodel.best_fit(shape, vram, 1)
+        assert fit is not None and fit.mode.streamed, vram
+        costmodel.check_fits(shape, [vram])
+
+
+def test_group_offload_is_tried_after_the_faster_modes_and_streams_only_two_blocks() -> None:
+    assert MODES.index(MemoryMode.GROUP_OFFLOAD) > MODES.index(MemoryMode.OFFLOAD_TILED)
+    shape = Shape("sd15", 512, 512)
+    assert costmodel.best_fit(shape, 8, 4).mode is MemoryMode.FULL  # never streamed when it fits otherwise
+    flux = Shape("flux", 1024, 1024)
+    streamed = costmodel.component_peak_gib(flux, "transformer", 1, MemoryMode.GROUP_OFFLOAD)
+    offload = costmodel.component_peak_gib(flux, "transformer", 1, MemoryMode.OFFLOAD)
+    transformer = flux.profile.component("transformer")
+    assert offload - streamed == pytest.approx(transformer.weights_gib - transformer.streamed_gib())
+    assert transformer.streamed_gib() < 0.15 * transformer.weights_gib
+    # A component without repeated blocks (SD's UNet) onloads whole, as under model offload.
+    sd_unet = costmodel.component_peak_gib(shape, "unet", 1, MemoryMode.GROUP_OFFLOAD)
+    assert sd_unet == costmodel.component_peak_gib(shape, "unet", 1, MemoryMode.OFFLOAD)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.core.state import FarmState
 from farm.runtime.outputs import read_provenance
 from farm.runtime.store import Store
 
@@ -48,5 +49,5 @@ def test_sigkill_mid_job_then_resume_finishes_without_rendering_twice(tmp_path: 
     for path, (data, mtime) in before.items():
         assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, f"{path.name} was rendered again"
     assert {read_provenance(p)["sample"] for p in after} == set(range(12))
-    (stored,) = Store(state).load_jobs()
+    (stored,) = Store(state).restore(FarmState()).jobs.values()
     assert stored.status == "done" and len(stored.outputs) == 12

@@ -134,19 +134,22 @@ def test_the_check_fails_images_judged_against_the_wrong_prompts() -> None:
 
 class Relay:
     """The farm's own executor, except that every other segment goes to the next node: each shard's
-    checkpoints cross between processes (Ray actors of different nodes), not only within one. With a
-    `rewrite` it also alters segment tasks on their way, a stand-in for a farm with a bug in how it
-    hands prompts around."""
+    checkpoints cross between processes (Ray actors of different nodes), not only within one. The
+    coordinator credits work to the node it sent it to, so `ran` records where each segment really
+    ran. With a `rewrite` it also alters segment tasks on their way, a stand-in for a farm with a bug
+    in how it hands prompts around."""
 
     def __init__(self, inner: object, rewrite: Callable[[SegmentTask], SegmentTask] | None = None) -> None:
         self.inner = inner
         self.names = [n.name for n in inner.nodes()]
         self.rewrite = rewrite
         self.tampered = 0
+        self.ran: dict[str, set[str]] = {}  # shard id -> the nodes that ran its segments
 
     def submit(self, node: str, task: SegmentTask) -> object:
         if task.index % 2 == 1:
             node = self.names[(self.names.index(node) + 1) % len(self.names)]
+        self.ran.setdefault(task.shard_id, set()).add(node)
         if self.rewrite is not None:
             new = self.rewrite(task)
             self.tampered += new is not task
@@ -189,7 +192,11 @@ def render_on_farm(executor: object, out: Path, max_segment_steps: int) -> list[
 
     job = make_job(model=MODEL, prompts=list(CHECK_PROMPTS), seeds=SEEDS, steps=CHECK_STEPS, sampler=CHECK_SAMPLER,
                    guidance=CHECK_GUIDANCE)
-    view = Coordinator(executor, PngWriter(out), max_segment_steps=max_segment_steps).render(job)
+    from waiting import ready
+
+    coordinator = Coordinator(executor, PngWriter(out), max_segment_steps=max_segment_steps)
+    ready(coordinator)
+    view = coordinator.render(job)
     assert view.status == JobStatus.DONE, view.error
     outputs = sorted(out.rglob("*.png"))
     assert len(outputs) == len(CHECK_PROMPTS) * SEEDS
@@ -207,15 +214,21 @@ def check_outputs(outputs: list[Path]) -> list[Verdict]:
 
 
 @pytest.fixture(scope="module")
-def honest_run(embedded: object, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return render_on_farm(Relay(embedded), tmp_path_factory.mktemp("demo-shapes"), max_segment_steps=4)
+def honest_relay(embedded: object) -> Relay:
+    return Relay(embedded)
+
+
+@pytest.fixture(scope="module")
+def honest_run(honest_relay: Relay, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return render_on_farm(honest_relay, tmp_path_factory.mktemp("demo-shapes"), max_segment_steps=4)
 
 
 @pytest.mark.slow
-def test_farm_renders_follow_their_prompts(honest_run: list[Path]) -> None:
+def test_farm_renders_follow_their_prompts(honest_run: list[Path], honest_relay: Relay) -> None:
     metas = [read_provenance(p) for p in honest_run]
     assert all(m["model"] == MODEL and len(m["segments"]) >= 3 for m in metas)
-    assert all(len({seg["node"] for seg in m["segments"]}) >= 2 for m in metas), "a sample stayed on one node"
+    moved = honest_relay.ran and all(len(nodes) >= 2 for nodes in honest_relay.ran.values())
+    assert moved, "a shard stayed on one node"
     assert len({seg["node"] for m in metas for seg in m["segments"]}) == 3
     verdicts = check_outputs(honest_run)
     print(report(verdicts))

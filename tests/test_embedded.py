@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from waiting import ready
 
 from farm.cli.demo import demo_job
 from farm.contracts.control import JobView
@@ -28,8 +29,9 @@ def pixels(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def demo_run(embedded: RayExecutor, tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, JobView]:
     job = demo_job(steps=6)
-    result = Coordinator(embedded, PngWriter(tmp_path_factory.mktemp("renders")), max_segment_steps=3).render(job)
-    return job, result
+    coordinator = Coordinator(embedded, PngWriter(tmp_path_factory.mktemp("renders")), max_segment_steps=3)
+    ready(coordinator)
+    return job, coordinator.render(job)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,8 @@ def test_demo_writes_one_png_per_sample(demo_run: tuple[JobSpec, JobView]) -> No
     job, result = demo_run
     assert len(job.samples()) == 12
     assert result.status == "done"
-    assert sorted(Path(p).name for p in result.outputs) == sorted(f"{s.index:04d}-seed{s.seed}.png" for s in job.samples())
+    expected = sorted(f"{s.index:04d}-seed{s.seed}.png" for s in job.samples())
+    assert sorted(Path(p).name for p in result.outputs) == expected
     assert all(Path(p).parent.name == result.id for p in result.outputs)
 
 
@@ -124,6 +127,9 @@ class KillAfterFirstSegment:
     def step_events(self):
         return self.inner.step_events()
 
+    def probe(self, node: str) -> object:
+        return self.inner.probe(node)
+
     def interrupt(self, node: str) -> None:
         self.inner.interrupt(node)
 
@@ -135,12 +141,15 @@ def test_lost_node_resumes_elsewhere_from_its_checkpoint(embedded: RayExecutor, 
                                                          plain) -> None:
     from node.simulated import simulated_nodes
 
-    job = make_job(model="demo-shapes", prompts=["a red circle on a blue background", "a white triangle on a black background"],
+    job = make_job(model="demo-shapes",
+                   prompts=["a red circle on a blue background", "a white triangle on a black background"],
                    seeds=2, steps=6, sampler="dpmpp_2m")
     executor = RayExecutor(simulated_nodes(), farm_home)  # its own actors: killing one spares the shared farm
     try:
         chaos = KillAfterFirstSegment(executor, "sim-24gb")
-        result = Coordinator(chaos, PngWriter(tmp_path), max_segment_steps=2).render(job)
+        coordinator = Coordinator(chaos, PngWriter(tmp_path), max_segment_steps=2)
+        ready(coordinator)
+        result = coordinator.render(job)
     finally:
         executor.shutdown()
     assert chaos.killed

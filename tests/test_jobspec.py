@@ -17,7 +17,8 @@ def test_defaults_come_from_the_model() -> None:
 
 def test_samples_are_prompt_major_with_counted_seeds() -> None:
     job = make_job(prompts=["a", "b"], seeds=2, seed=10)
-    assert [(s.index, s.prompt, s.seed) for s in job.samples()] == [(0, "a", 10), (1, "a", 11), (2, "b", 10), (3, "b", 11)]
+    expected = [(0, "a", 10), (1, "a", 11), (2, "b", 10), (3, "b", 11)]
+    assert [(s.index, s.prompt, s.seed) for s in job.samples()] == expected
 
 
 @pytest.mark.parametrize(

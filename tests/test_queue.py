@@ -19,7 +19,8 @@ def test_owners_take_turns_by_gpu_seconds_used() -> None:
 
 
 def test_a_heavier_weight_earns_a_larger_share() -> None:
-    jobs = [QueuedJob(f"a{i}", "ann", 0, i, 100.0) for i in range(4)] + [QueuedJob(f"b{i}", "bob", 0, 10 + i, 100.0) for i in range(4)]
+    jobs = ([QueuedJob(f"a{i}", "ann", 0, i, 100.0) for i in range(4)]
+            + [QueuedJob(f"b{i}", "bob", 0, 10 + i, 100.0) for i in range(4)])
     order = order_jobs(jobs, weights={"ann": 3.0})
     assert order[:4].count("b0") + order[:4].count("b1") <= 1
 

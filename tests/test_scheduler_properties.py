@@ -18,7 +18,7 @@ from farm.contracts.errors import DoesNotFit
 from farm.core import costmodel, planner
 from farm.core.costmodel import Shape
 from farm.core.planner import Demand, PlanContext
-from farm.runtime.simulate import FarmPolicy, SimJob, SimNode, simulate
+from farm.runtime.simulate import SimJob, SimNode, simulate
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHAPES = [
@@ -116,7 +116,8 @@ def fits(seg: ReadySegment, node: NodeState, mode: str) -> bool:
 
 @SETTINGS
 @given(ticks())
-def test_a_tick_respects_budgets_and_leaves_no_fitting_pair_idle(case: tuple[list[ReadySegment], list[NodeState]]) -> None:
+def test_a_tick_respects_budgets_and_leaves_no_fitting_pair_idle(
+        case: tuple[list[ReadySegment], list[NodeState]]) -> None:
     ready, nodes = case
     out = planner.plan_tick(ready, nodes)
     by_name = {n.info.name: n for n in nodes}
@@ -152,5 +153,5 @@ def test_a_whole_simulated_run_renders_every_step_once_within_budgets(data: st.D
                            data.draw(st.integers(0, 1)), data.draw(st.sampled_from(["a", "b"])),
                            data.draw(st.sampled_from([0.0, 0.0, 100.0]))))
     if jobs:
-        outcome = simulate(FarmPolicy(), nodes, jobs)
-        assert outcome.makespan > 0
+        outcome = simulate(nodes, jobs)
+        assert outcome.makespan > 0 and outcome.duplicated == 0 and outcome.jobs_done == len(jobs)

@@ -1,14 +1,18 @@
-"""The farm simulator that bench/scheduler.py runs: it must catch a cheating policy, and its bound
-must be a bound."""
+"""The farm simulator that bench/scheduler.py runs (the real coordinator on a virtual clock): it must
+catch a cheating `decide`, and its bound must be a bound."""
 
 from __future__ import annotations
 
 import pytest
 
-from farm.contracts.domain import NodeInfo
-from farm.core.costmodel import MemoryMode, Shape
-from farm.runtime.baselines import EqualSplit, OneSamplePerTask
-from farm.runtime.simulate import FarmPolicy, SimJob, SimNode, Task, View, lower_bound, sample_work, simulate
+from farm.contracts.domain import NodeInfo, Shard
+from farm.core.actions import Record
+from farm.core.apply import apply
+from farm.core.baselines import equal_split, one_sample_per_task
+from farm.core.costmodel import Shape
+from farm.core.decide import decide, start
+from farm.core.events import ShardsPlanned
+from farm.runtime.simulate import SimJob, SimNode, lower_bound, sample_work, simulate
 
 NODES = [SimNode(NodeInfo(f"n{v}", v, s), s) for v, s in [(8, 1.0), (12, 1.6), (16, 2.2), (24, 3.5)]]
 SD = Shape("sd15", 512, 512)
@@ -20,16 +24,16 @@ JOBS = [
 ]
 
 
-@pytest.mark.parametrize("policy", [FarmPolicy, EqualSplit, OneSamplePerTask])
-def test_every_policy_finishes_no_faster_than_the_bound(policy: type) -> None:
-    outcome = simulate(policy(), NODES, JOBS)
+@pytest.mark.parametrize("policy", [decide, equal_split, one_sample_per_task])
+def test_every_policy_finishes_no_faster_than_the_bound(policy) -> None:
+    outcome = simulate(NODES, JOBS, policy)
     assert outcome.makespan >= lower_bound(NODES, JOBS).value
-    assert outcome.loads >= 1
+    assert outcome.loads >= 1 and outcome.jobs_done == len(JOBS) and outcome.duplicated == 0
 
 
 def test_this_scheduler_beats_the_equal_split_on_a_mixed_cluster() -> None:
-    farm = simulate(FarmPolicy(), NODES, JOBS)
-    equal = simulate(EqualSplit(), NODES, JOBS)
+    farm = simulate(NODES, JOBS)
+    equal = simulate(NODES, JOBS, equal_split)
     assert farm.makespan * 1.3 < equal.makespan
     assert farm.makespan < 1.25 * lower_bound(NODES, JOBS).value
 
@@ -46,37 +50,22 @@ def test_the_bound_counts_work_over_speed_and_the_longest_sample() -> None:
     assert lower_bound(mixed, [only_big]).eligible == pytest.approx(2 * sample_work(only_big, mixed))
 
 
-class Greedy:
-    """A cheating policy: puts every sample of every job on the first node in one task."""
-
-    name = "greedy"
-
-    def __init__(self) -> None:
-        self.jobs: list[SimJob] = []
-
-    def admit(self, job: SimJob, now: float, view: View) -> None:
-        self.jobs.append(job)
-
-    def assign(self, now: float, view: View) -> list[tuple[str, Task]]:
-        if not self.jobs or view.busy:
-            return []
-        job = self.jobs.pop()
-        return [(view.nodes[0].name, Task(job, "x", tuple(range(job.samples)), 0, job.steps,
-                                          MemoryMode.FULL, 100.0))]
-
-    def finished(self, node: str, task: Task, seconds: float, denoise_seconds: float) -> None:
-        pass
+def greedy(state, now):
+    """A cheating `decide`: every sample of a job in one shard on the first node, held whole."""
+    if state.replan:
+        job = next(iter(state.jobs.values()))
+        shard = Shard(f"{job.id}/s0", job.id, job.unplanned, "n8", ((0, job.spec.steps),), 1.0, "full",
+                      (("full", 1.0),))
+        planned = ShardsPlanned(now, ((job.id, (), (shard,)),))
+        return [Record(planned), start(apply(state, planned), "n8", shard.id, "full")]
+    return []
 
 
 def test_the_engine_refuses_a_task_beyond_the_budget() -> None:
     with pytest.raises(AssertionError, match="over budget"):
-        simulate(Greedy(), NODES, JOBS[:1])
+        simulate(NODES, JOBS[:1], greedy)
 
 
 def test_the_engine_reports_a_policy_that_leaves_work_undone() -> None:
-    class Lazy(Greedy):
-        def assign(self, now: float, view: View) -> list[tuple[str, Task]]:
-            return []
-
     with pytest.raises(RuntimeError, match="unfinished"):
-        simulate(Lazy(), NODES, JOBS[:1])
+        simulate(NODES, JOBS[:1], lambda state, now: [])

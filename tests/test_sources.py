@@ -13,6 +13,7 @@ import pytest
 
 from farm.contracts.domain import NodeInfo, SegmentTask
 from farm.contracts.errors import InvalidInput
+from farm.core.costmodel import PROFILES
 from farm.jobs.catalog import get_model
 from farm.jobs.jobspec import make_job
 from farm.jobs.sources import external_model
@@ -37,8 +38,11 @@ def render(model: str, home: Path) -> list[np.ndarray]:
 
 def test_a_local_folder_is_a_model_of_its_family(tiny_sd_folder: Path, farm_home: Path) -> None:
     info = get_model(str(tiny_sd_folder))
-    assert (info.family, info.profile, info.cost_scale, info.default_size, info.source) == (
-        "sd15", "sd15", 1, 512, str(tiny_sd_folder))
+    assert (info.family, info.cost_scale, info.default_size, info.default_guidance, info.source) == (
+        "sd15", 1, 512, 7.5, str(tiny_sd_folder))
+    # Costed from its own files (the tiny UNet's few M parameters), timed as SD 1.5.
+    profile = PROFILES[info.profile]
+    assert profile.timing == "sd15" and profile.component("unet").weights_gib < 0.01
     # The same weights as the built-in demo model: the same pixels through the same path.
     for ours, builtin in zip(render(str(tiny_sd_folder), farm_home), render("demo-tiny", farm_home)):
         assert np.array_equal(ours, builtin)

@@ -38,7 +38,8 @@ def test_prior_scales_with_declared_speed_and_tokens() -> None:
     assert book.step_seconds(NODE, shape, 1) == pytest.approx(reference_step_seconds(shape, 1) / 2.0)
     half = Shape("wan21", 832, 480, 41)
     assert reference_step_seconds(half, 1) < 0.6 * reference_step_seconds(shape, 1)
-    assert book.seconds_per_sample_step(NODE, Shape("sd15", 512, 512), 8) < book.step_seconds(NODE, Shape("sd15", 512, 512), 1)
+    sd15 = Shape("sd15", 512, 512)
+    assert book.seconds_per_sample_step(NODE, sd15, 8) < book.step_seconds(NODE, sd15, 1)
 
 
 def test_observing_a_node_learns_its_factor_per_family() -> None:
@@ -61,7 +62,8 @@ def test_one_outlier_moves_the_estimate_only_partly() -> None:
     assert book.factor(NODE, "sd15") == pytest.approx(1.0)  # observe returns a new book
 
 
-@pytest.mark.parametrize(("steps", "batch", "seconds"), [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0), (1, 1, float("nan")), (1, 1, float("inf"))])
+@pytest.mark.parametrize(("steps", "batch", "seconds"),
+                         [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0), (1, 1, float("nan")), (1, 1, float("inf"))])
 def test_useless_observations_are_ignored(steps: int, batch: int, seconds: float) -> None:
     book = SpeedBook()
     assert book.observe("n", Shape("sd15", 512, 512), batch, steps, seconds) is book

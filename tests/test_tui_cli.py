@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tui_fake import FakeFarmService
+from tui_fake import scene_farm
 from tui_pilot import screen_text, settle
 
 from farm.api.control_server import serve_control
@@ -26,7 +26,7 @@ def test_refusals_are_one_line(capsys: pytest.CaptureFixture[str], args: list[st
 
 
 async def test_dashboard_over_grpc_shows_the_farm_and_controls_it() -> None:
-    fake = FakeFarmService()
+    fake = scene_farm()
     server, port = serve_control(fake, "127.0.0.1:0")
     client = connect(f"127.0.0.1:{port}", None, None)
     try:

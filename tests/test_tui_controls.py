@@ -1,4 +1,4 @@
-"""Every keyboard control of the dashboard, driven with Pilot against FakeFarmService: the right
+"""Every keyboard control of the dashboard, driven with Pilot against FakeFarm: the right
 call reaches the service, destructive ones only after a yes, and the screens follow."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tui_fake import FakeFarmService
+from fake_farm import FakeFarm
+from tui_fake import scene_farm
 from tui_pilot import BUSY, screen_text, settle, until
 
 from farm.contracts.control import NodeStatus
@@ -26,11 +27,11 @@ SIZE = (120, 40)
 
 
 @pytest.fixture
-def fake() -> FakeFarmService:
-    return FakeFarmService()
+def fake() -> FakeFarm:
+    return scene_farm()
 
 
-def app_for(fake: FakeFarmService) -> FarmApp:
+def app_for(fake: FakeFarm) -> FarmApp:
     return make_app(fake, live=False, clock=lambda: 0.0)
 
 
@@ -55,7 +56,7 @@ def cell(table: JobsTable, job_id: str, column: str) -> str:
     ("t", "retry_job", 5, "queued"),  # j5 failed (the last row: finished jobs, newest first)
 ])
 async def test_job_state_keys_call_the_service_and_the_row_follows(
-        fake: FakeFarmService, key: str, call: str, row: int, status: str) -> None:
+        fake: FakeFarm, key: str, call: str, row: int, status: str) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
         table = await open_jobs(pilot, row)
@@ -66,7 +67,7 @@ async def test_job_state_keys_call_the_service_and_the_row_follows(
         assert cell(table, job_id, "status") == status
 
 
-async def test_cancel_asks_first_and_no_keeps_the_job(fake: FakeFarmService) -> None:
+async def test_cancel_asks_first_and_no_keeps_the_job(fake: FakeFarm) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
         table = await open_jobs(pilot, 1)
@@ -82,7 +83,7 @@ async def test_cancel_asks_first_and_no_keeps_the_job(fake: FakeFarmService) -> 
         assert cell(table, "j2", "status") == "cancelled"
 
 
-async def test_priority_keys_raise_and_lower_and_reread_the_queue(fake: FakeFarmService) -> None:
+async def test_priority_keys_raise_and_lower_and_reread_the_queue(fake: FakeFarm) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
         table = await open_jobs(pilot, 2)  # j3, priority 5
@@ -96,7 +97,11 @@ async def test_priority_keys_raise_and_lower_and_reread_the_queue(fake: FakeFarm
         assert fake.reads["list_jobs"] == reads + 3  # the order may have moved: read it whole
 
 
-async def test_move_keys_move_the_job_and_the_cursor_stays_on_it(fake: FakeFarmService) -> None:
+async def test_move_keys_move_the_job_and_the_cursor_stays_on_it(fake: FakeFarm) -> None:
+    # A job moves among the jobs of its priority, and the queue lets owners take turns: make j3
+    # another of ben's jobs at j2's priority, so moving it passes j2.
+    j3 = fake.jobs["j3"]
+    fake.put_job(replace(j3, spec=replace(j3.spec, priority=0, owner="ben")))
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
         table = await open_jobs(pilot, 2)  # j3, third in the queue
@@ -110,7 +115,7 @@ async def test_move_keys_move_the_job_and_the_cursor_stays_on_it(fake: FakeFarmS
         assert fake.calls[-1] == ("move_job", "j3", 1) and table.selected_id == "j3"
 
 
-async def test_keys_that_make_no_sense_for_the_state_are_dimmed_and_do_nothing(fake: FakeFarmService) -> None:
+async def test_keys_that_make_no_sense_for_the_state_are_dimmed_and_do_nothing(fake: FakeFarm) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
         await open_jobs(pilot, 4)  # j6 done: nothing to resume, retry, cancel or move
@@ -123,17 +128,18 @@ async def test_keys_that_make_no_sense_for_the_state_are_dimmed_and_do_nothing(f
         assert app.screen.check_action("retry_job", ()) is True
 
 
-async def test_a_refused_control_shows_the_service_message(fake: FakeFarmService) -> None:
+async def test_a_refused_control_shows_the_service_message(fake: FakeFarm) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
-        await open_jobs(pilot, 3)  # j4 paused: the UI lets it move, this service refuses
-        await pilot.press("shift+up")
+        await open_jobs(pilot, 1)  # j2 queued as the dashboard last read it
+        fake.put_job(replace(fake.jobs["j2"], status=JobStatus.DONE))  # it has finished since: the service refuses
+        await pilot.press("p")
         await settle(pilot)
-        assert fake.calls == [("move_job", "j4", -1)]
-        assert [n.message for n in app._notifications] == ["job: j4 is paused, not queued"]
+        assert fake.calls == [("pause_job", "j2")]
+        assert [n.message for n in app._notifications] == ["job: j2 is done; it cannot become paused"]
 
 
-async def test_node_keys_on_the_focused_card(fake: FakeFarmService) -> None:
+async def test_node_keys_on_the_focused_card(fake: FakeFarm) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -153,7 +159,7 @@ async def test_node_keys_on_the_focused_card(fake: FakeFarmService) -> None:
         assert cards["pc-ben"].has_class("-draining") and cards["pc-cleo"].has_class("-idle")
 
 
-async def test_node_detail_shows_the_owner_rules_and_takes_node_keys(fake: FakeFarmService) -> None:
+async def test_node_detail_shows_the_owner_rules_and_takes_node_keys(fake: FakeFarm) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -169,7 +175,7 @@ async def test_node_detail_shows_the_owner_rules_and_takes_node_keys(fake: FakeF
         assert not isinstance(app.screen, NodeDetailScreen)
 
 
-async def test_job_detail_shows_segments_previews_and_takes_job_keys(fake: FakeFarmService) -> None:
+async def test_job_detail_shows_segments_previews_and_takes_job_keys(fake: FakeFarm) -> None:
     app = app_for(fake)
     async with app.run_test(size=SIZE) as pilot:
         await open_jobs(pilot, 0)
@@ -188,7 +194,7 @@ async def test_job_detail_shows_segments_previews_and_takes_job_keys(fake: FakeF
 
 
 async def test_submit_shows_a_bad_file_in_one_line_then_submits_a_good_one(
-        fake: FakeFarmService, tmp_path: Path) -> None:
+        fake: FakeFarm, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('prompts = ["a cat"]\nsteps = 1\n')
     good = tmp_path / "good.toml"
@@ -213,7 +219,7 @@ async def test_submit_shows_a_bad_file_in_one_line_then_submits_a_good_one(
         assert "j7" in app.store.jobs
 
 
-async def test_live_events_update_the_table_without_a_full_read(fake: FakeFarmService) -> None:
+async def test_live_events_update_the_table_without_a_full_read(fake: FakeFarm) -> None:
     app = make_app(fake, refresh_interval=3600, poll_timeout=0.05)
     async with app.run_test(size=SIZE) as pilot:
         table = await open_jobs(pilot, 0)
@@ -228,7 +234,7 @@ async def test_live_events_update_the_table_without_a_full_read(fake: FakeFarmSe
         assert fake.reads["list_jobs"] == reads  # one get_job, not the whole list
 
 
-async def test_a_slow_service_never_blocks_the_keyboard(fake: FakeFarmService) -> None:
+async def test_a_slow_service_never_blocks_the_keyboard(fake: FakeFarm) -> None:
     fake.gate.clear()  # list_jobs hangs until the gate opens
     app = make_app(fake, refresh_interval=0.01, poll_timeout=0.05)
     async with app.run_test(size=SIZE) as pilot:
@@ -245,7 +251,7 @@ async def test_a_slow_service_never_blocks_the_keyboard(fake: FakeFarmService) -
         await until(pilot, lambda: app.screen.query_one(JobsTable).row_count == 6)
 
 
-async def test_an_unreachable_head_is_shown_in_the_header_until_it_answers(fake: FakeFarmService) -> None:
+async def test_an_unreachable_head_is_shown_in_the_header_until_it_answers(fake: FakeFarm) -> None:
     app = make_app(fake, head="head.lan:7070", refresh_interval=0.05, poll_timeout=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -256,7 +262,7 @@ async def test_an_unreachable_head_is_shown_in_the_header_until_it_answers(fake:
 
 
 @pytest.mark.parametrize("width, columns", [(80, 2), (120, 3), (200, 5)])
-async def test_node_cards_fit_the_terminal_width(fake: FakeFarmService, width: int, columns: int) -> None:
+async def test_node_cards_fit_the_terminal_width(fake: FakeFarm, width: int, columns: int) -> None:
     app = app_for(fake)
     async with app.run_test(size=(width, 30)) as pilot:
         await settle(pilot)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from tui_pilot import screen_text, settle, until
+from waiting import ready
 
 from farm.cli.demo import demo_job
 from farm.runtime.coordinator import Coordinator
@@ -25,6 +26,7 @@ def state(table: JobsTable, job_id: str) -> str:
 
 async def test_dashboard_steers_and_follows_the_embedded_farm(embedded: RayExecutor, tmp_path: Path) -> None:
     farm = Coordinator(embedded, PngWriter(tmp_path), max_segment_steps=3)
+    ready(farm)  # the nodes' workers answered: they show idle, not starting
     first = farm.submit(demo_job(steps=6, seeds=1))
     second = farm.submit(demo_job(steps=6, seeds=1))  # the loop is not running yet: both wait
     app = make_app(farm, refresh_interval=0.5, poll_timeout=0.2)

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
-from tui_fake import FakeFarmService, job
+from tui_fake import job, scene_farm
 from tui_pilot import settle, until
 
 from farm.contracts.domain import JobStatus
@@ -40,7 +40,7 @@ def queue(n: int) -> list:  # type: ignore[type-arg]
 
 
 async def test_ten_thousand_jobs_load_once_and_follow_events_cell_by_cell(table_calls: Counter[str]) -> None:
-    fake = FakeFarmService(jobs=queue(JOBS), events=[])
+    fake = scene_farm(jobs=queue(JOBS), events=[])
     app = make_app(fake, live=False, clock=lambda: 0.0)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)

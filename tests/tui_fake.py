@@ -1,18 +1,16 @@
-"""A `FarmService` over plain data for the dashboard's tests: fixed times, every control call
-recorded, reads counted, and an event stream that wakes a waiting long-poll like a real head."""
+"""The dashboard's scene: fixed nodes, jobs, events and pictures (every time counted from T0), and
+`scene_farm`, the shared `FakeFarm` holding them."""
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-from dataclasses import replace
+import itertools
 from io import BytesIO
 
+from fake_farm import FakeFarm
 from PIL import Image
 
 from farm.contracts.control import Event, JobView, NodeShare, NodeStatus, NodeView, OwnerPolicy, ShardView
 from farm.contracts.domain import JobSpec, JobStatus, NodeInfo
-from farm.contracts.errors import InvalidInput, Unreachable
 from farm.jobs.jobspec import make_job
 
 T0 = 1_764_072_000.0  # 2025-11-25 12:00:00 UTC: every time in the fake counts from here
@@ -80,146 +78,11 @@ def sample_events() -> list[Event]:
     ]
 
 
-MOVABLE = (JobStatus.QUEUED,)
-
-
-class FakeFarmService:
-    def __init__(self, nodes: list[NodeView] | None = None, jobs: list[JobView] | None = None,
-                 events: list[Event] | None = None) -> None:
-        self.nodes = {n.info.name: n for n in (sample_nodes() if nodes is None else nodes)}
-        self.jobs = {j.id: j for j in (sample_jobs() if jobs is None else jobs)}
-        self.log = list(sample_events() if events is None else events)
-        self.previews = {("j1", 0): gradient_png(), ("j1", 1): gradient_png(16)}
-        self.calls: list[tuple[object, ...]] = []
-        self.reads: Counter[str] = Counter()
-        self.down = ""  # when set, every read fails with this message, like a head that went away
-        self.gate = threading.Event()  # list_jobs waits for it: clear it to play a slow head
-        self.gate.set()
-        self._cv = threading.Condition()
-
-    # ----- what tests do to the farm ------------------------------------------------------------
-
-    def emit(self, kind: str, job_id: str = "", node: str = "", message: str = "") -> None:
-        with self._cv:
-            seq = self.log[-1].seq + 1 if self.log else 1
-            self.log.append(Event(seq, T0 + 100 + seq, kind, job_id, node, message))
-            self._cv.notify_all()
-
-    def put_job(self, view: JobView) -> None:
-        with self._cv:
-            self.jobs[view.id] = view
-
-    def put_node(self, view: NodeView) -> None:
-        with self._cv:
-            self.nodes[view.info.name] = view
-
-    # ----- FarmService --------------------------------------------------------------------------
-
-    def submit(self, spec: JobSpec) -> str:
-        with self._cv:
-            job_id = f"j{len(self.jobs) + 1}"
-            n = len(spec.samples())
-            self.jobs[job_id] = JobView(job_id, spec, JobStatus.QUEUED, 0, n, 0, n * spec.steps, T0 + 60,
-                                        position=len(self.jobs) + 1)
-            self.calls.append(("submit", spec))
-        self.emit("job_submitted", job_id)
-        return job_id
-
-    def list_jobs(self) -> list[JobView]:
-        self.gate.wait()
-        with self._cv:
-            self._check_up()
-            self.reads["list_jobs"] += 1
-            return list(self.jobs.values())
-
-    def get_job(self, job_id: str) -> JobView:
-        with self._cv:
-            self.reads["get_job"] += 1
-            return self._job(job_id)
-
-    def cancel_job(self, job_id: str) -> None:
-        self._set_job("cancel_job", job_id, JobStatus.CANCELLED, "job_cancelled", JobStatus.RUNNING,
-                      JobStatus.QUEUED, JobStatus.PAUSED)
-
-    def pause_job(self, job_id: str) -> None:
-        self._set_job("pause_job", job_id, JobStatus.PAUSED, "job_paused", JobStatus.RUNNING, JobStatus.QUEUED)
-
-    def resume_job(self, job_id: str) -> None:
-        self._set_job("resume_job", job_id, JobStatus.QUEUED, "job_resumed", JobStatus.PAUSED)
-
-    def retry_job(self, job_id: str) -> None:
-        self._set_job("retry_job", job_id, JobStatus.QUEUED, "job_resumed", JobStatus.FAILED)
-
-    def set_priority(self, job_id: str, priority: int) -> None:
-        with self._cv:
-            self.calls.append(("set_priority", job_id, priority))
-            old = self._job(job_id)
-            self.jobs[job_id] = replace(old, spec=replace(old.spec, priority=priority))
-        self.emit("job_moved", job_id)
-
-    def move_job(self, job_id: str, offset: int) -> None:
-        with self._cv:
-            self.calls.append(("move_job", job_id, offset))
-            queue = sorted((j for j in self.jobs.values() if j.position), key=lambda j: j.position)
-            ids = [j.id for j in queue]
-            if job_id not in ids:
-                raise InvalidInput("job", f"{job_id} is {self._job(job_id).status}, not queued")
-            i = ids.index(job_id)
-            ids.insert(min(max(i + offset, 0), len(ids) - 1), ids.pop(i))
-            for place, moved in enumerate(ids, 1):
-                self.jobs[moved] = replace(self.jobs[moved], position=place)
-        self.emit("job_moved", job_id)
-
-    def list_nodes(self) -> list[NodeView]:
-        with self._cv:
-            self._check_up()
-            self.reads["list_nodes"] += 1
-            return list(self.nodes.values())
-
-    def pause_node(self, name: str) -> None:
-        self._set_node("pause_node", name, NodeStatus.PAUSED, "node_paused")
-
-    def drain_node(self, name: str) -> None:
-        self._set_node("drain_node", name, NodeStatus.DRAINING, "node_draining")
-
-    def resume_node(self, name: str) -> None:
-        self._set_node("resume_node", name, NodeStatus.IDLE, "node_resumed")
-
-    def events(self, after: int, timeout: float = 0.0) -> list[Event]:
-        with self._cv:
-            self._check_up()
-            self._cv.wait_for(lambda: bool(self.log) and self.log[-1].seq > after, timeout)
-            return [e for e in self.log if e.seq > after]
-
-    def preview(self, job_id: str, sample: int) -> bytes | None:
-        with self._cv:
-            self.reads["preview"] += 1
-            return self.previews.get((job_id, sample))
-
-    # ----- helpers ------------------------------------------------------------------------------
-
-    def _check_up(self) -> None:
-        if self.down:
-            raise Unreachable(self.down)
-
-    def _job(self, job_id: str) -> JobView:
-        if job_id not in self.jobs:
-            raise InvalidInput("job", f"no job {job_id!r}")
-        return self.jobs[job_id]
-
-    def _set_job(self, call: str, job_id: str, status: JobStatus, kind: str, *allowed: JobStatus) -> None:
-        with self._cv:
-            self.calls.append((call, job_id))
-            old = self._job(job_id)
-            if old.status not in allowed:
-                raise InvalidInput("job", f"{job_id} is {old.status}")
-            self.jobs[job_id] = replace(old, status=status)
-        self.emit(kind, job_id)
-
-    def _set_node(self, call: str, name: str, status: NodeStatus, kind: str) -> None:
-        with self._cv:
-            self.calls.append((call, name))
-            if name not in self.nodes:
-                raise InvalidInput("node", f"no node {name!r}")
-            self.nodes[name] = replace(self.nodes[name], status=status)
-        self.emit(kind, node=name)
+def scene_farm(nodes: list[NodeView] | None = None, jobs: list[JobView] | None = None,
+               events: list[Event] | None = None) -> FakeFarm:
+    """The shared fake holding the dashboard's scene (the samples above unless given), with previews
+    of j1's two samples rendering and a clock that counts on from T0, so every time shown is fixed."""
+    fake = FakeFarm(sample_nodes() if nodes is None else nodes, sample_jobs() if jobs is None else jobs,
+                    sample_events() if events is None else events, clock=itertools.count(T0 + 100).__next__)
+    fake.previews.update({("j1", 0): gradient_png(), ("j1", 1): gradient_png(16)})
+    return fake

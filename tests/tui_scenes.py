@@ -1,4 +1,4 @@
-"""Deterministic scenes for snapshots and the README screenshot: a FakeFarmService, a fake clock,
+"""Deterministic scenes for snapshots and the README screenshot: the scene farm, a fake clock,
 and a few full reads so the throughput sparkline has a history."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from fake_farm import FakeFarm
 from textual.pilot import Pilot
-from tui_fake import FakeFarmService
+from tui_fake import scene_farm
 from tui_pilot import settle
 
 from tui.app import FarmApp, make_app
@@ -25,13 +26,13 @@ class Clock:
         return self.now
 
 
-def scene() -> tuple[FakeFarmService, FarmApp, Clock]:
-    fake = FakeFarmService()
+def scene() -> tuple[FakeFarm, FarmApp, Clock]:
+    fake = scene_farm()
     clock = Clock()
     return fake, make_app(fake, live=False, clock=clock, head="head.lan:7070"), clock
 
 
-async def with_history(pilot: Pilot, fake: FakeFarmService, clock: Clock) -> None:
+async def with_history(pilot: Pilot, fake: FakeFarm, clock: Clock) -> None:
     """Settle the first read, then read again after each step of STEPS_PER_READ."""
     await settle(pilot)
     app = pilot.app

@@ -56,8 +56,8 @@ NODE_BINDINGS = [
 
 
 NODE_ACTIONS: dict[str, frozenset[NodeStatus]] = {
-    "pause_node": frozenset({NodeStatus.IDLE, NodeStatus.BUSY, NodeStatus.DRAINING}),
-    "drain_node": frozenset({NodeStatus.IDLE, NodeStatus.BUSY}),
+    "pause_node": frozenset({NodeStatus.STARTING, NodeStatus.IDLE, NodeStatus.BUSY, NodeStatus.DRAINING}),
+    "drain_node": frozenset({NodeStatus.STARTING, NodeStatus.IDLE, NodeStatus.BUSY}),
     "resume_node": frozenset({NodeStatus.PAUSED, NodeStatus.DRAINING}),
 }
 

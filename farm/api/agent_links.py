@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Protocol
@@ -22,14 +23,29 @@ from farm.api.auth import bearer
 from farm.api.control_client import open_channel, split_address
 from farm.cluster.membership import Member
 from farm.cluster.pki import node_host
-from farm.contracts.control import Event, FarmService, JobView, NodeStatus, NodeView, OwnerPolicy
+from farm.contracts.control import (
+    OPERATOR_PAUSE,
+    Event,
+    FarmService,
+    JobView,
+    NodeStatus,
+    NodeView,
+    OwnerPolicy,
+    Pause,
+    PauseBy,
+)
 from farm.contracts.domain import JobSpec
 from farm.contracts.errors import FarmError
 from farm.contracts.hardware import Reading
+from farm.runtime.output_files import read_output
 from protos.farm.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 RETRY_S = 5.0
+# A PC's agent starts listening just after it joins: until it has answered once, failures are
+# "not listening yet" (retried every second), not "unreachable", for this long.
+FIRST_CONTACT_S = 30.0
+UNREACHABLE = "agent unreachable"
 
 
 class AgentHandle(Protocol):
@@ -118,9 +134,13 @@ class AgentLinks:
     def _follow(self, pc: str, nodes: tuple[str, ...], agent: AgentHandle, stop: threading.Event) -> None:
         applied: NodeStatus | None = None
         starts = 0
+        heard = False
+        began = time.monotonic()
+        warned = ""  # the last warning logged: each is logged once per change
         while not stop.is_set():
             try:
                 for reading in agent.follow():
+                    heard, warned = True, ""
                     if starts and reading.worker_starts > starts and self.on_new_worker:  # a restart, not the first
                         for n in nodes:
                             self.on_new_worker(n)
@@ -136,9 +156,15 @@ class AgentLinks:
             except (grpc.RpcError, FarmError, ValueError) as e:
                 if stop.is_set():
                     return
-                log.warning("lost the agent of %s (%s); retrying in %.0f s", pc, e, RETRY_S)
+                if not heard and time.monotonic() - began < FIRST_CONTACT_S:
+                    stop.wait(1.0)  # it joined a moment ago: its agent is not listening yet
+                    continue
+                message = f"lost the agent of {pc} ({_brief(e)}); retrying every {RETRY_S:.0f} s"
+                if message != warned:
+                    log.warning("%s", message)
+                    warned = message
                 if applied != NodeStatus.PAUSED:  # a PC that cannot be reached gets no new work
-                    self._apply(nodes, Reading(NodeStatus.PAUSED, "agent unreachable", (), OwnerPolicy()))
+                    self._apply(nodes, Reading(NodeStatus.PAUSED, UNREACHABLE, (), OwnerPolicy()))
                 applied = None  # the first reading after reconnecting is applied whatever it says
             stop.wait(RETRY_S)
 
@@ -152,7 +178,8 @@ class AgentLinks:
                 continue
             try:
                 if reading.status == NodeStatus.PAUSED:
-                    self.service.pause_node(n)
+                    by = PauseBy.AGENT if reading.reason == UNREACHABLE else PauseBy.OWNER
+                    self.service.pause_node(n, Pause(by, "" if by == PauseBy.AGENT else reading.reason))
                 elif reading.status == NodeStatus.DRAINING:
                     self.service.drain_node(n)
                 else:
@@ -207,8 +234,8 @@ class NodesWithTelemetry:
             out.append(view)
         return out
 
-    def pause_node(self, name: str) -> None:
-        self.inner.pause_node(name)
+    def pause_node(self, name: str, pause: Pause = OPERATOR_PAUSE) -> None:
+        self.inner.pause_node(name, pause)
         self.links.command(name, NodeStatus.PAUSED, "paused by an operator")
 
     def drain_node(self, name: str) -> None:
@@ -224,3 +251,14 @@ class NodesWithTelemetry:
 
     def preview(self, job_id: str, sample: int) -> bytes | None:
         return self.inner.preview(job_id, sample)
+
+    def read_output(self, job_id: str, index: int) -> bytes:
+        """Read here: the head's sink wrote every output on this PC, whatever `inner` is."""
+        return read_output(self.inner.get_job(job_id), index)
+
+
+def _brief(error: Exception) -> str:
+    """One line for a log: a gRPC error's code and details, not its whole debug string."""
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
+    return str(error)

@@ -8,6 +8,7 @@ UNAUTHENTICATED -> Unauthenticated, UNAVAILABLE or a deadline -> Unreachable.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any, NoReturn
@@ -145,6 +146,25 @@ class FarmClient:
     def preview(self, job_id: str, sample: int) -> bytes | None:
         reply = self._rpc("GetPreview", control_pb2.PreviewRequest(job_id=job_id, sample=sample))
         return reply.png if reply.present else None
+
+    def read_output(self, job_id: str, index: int) -> bytes:
+        """The output's bytes, streamed in chunks and checked against the head's SHA-256 before they
+        are returned (raises FarmError when the sizes or checksums differ)."""
+        stream = self._stub.GetOutput(control_pb2.OutputRequest(job_id=job_id, index=index),
+                                      metadata=self._metadata, timeout=self._timeout * 20)
+        data, size, digest = bytearray(), 0, ""
+        try:
+            for chunk in stream:
+                data += chunk.data
+                size = chunk.size or size
+                digest = chunk.sha256 or digest
+        except grpc.RpcError as e:
+            raise_for(e, self._where)
+        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+            raise FarmError(f"output {index} of job {job_id} arrived damaged from {self._where} "
+                            f"({len(data)} of {size} bytes, checksum {'missing' if not digest else 'mismatch'}): "
+                            "fetch it again")
+        return bytes(data)
 
     def join(self, name: str, csr_pem: bytes, hardware: Hardware, agent_address: str,
              policy: OwnerPolicy) -> JoinGrant:

@@ -12,6 +12,7 @@ allowed on loopback only (the embedded farm and tests).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -34,6 +35,7 @@ T = TypeVar("T")
 SERVICE_NAME = "protos.farm.v1.FarmControl"
 MAX_WAIT_S = 30.0  # longest one StreamEvents batch may wait for its first event
 FOLLOW_POLL_S = 1.0
+OUTPUT_CHUNK = 256 * 1024  # well under gRPC's 4 MB message limit
 
 
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
@@ -180,6 +182,14 @@ class FarmControlServicer(control_pb2_grpc.FarmControlServicer):
 
         return _call(context, run)
 
+    def GetOutput(self, request, context) -> Iterator[control_pb2.OutputChunk]:  # type: ignore[no-untyped-def]
+        data = _call(context, lambda: self.service.read_output(convert.job_id(request.job_id), request.index))
+        digest = hashlib.sha256(data).hexdigest()
+        last = max(len(data) - 1, 0) // OUTPUT_CHUNK * OUTPUT_CHUNK
+        for offset in range(0, last + 1, OUTPUT_CHUNK):
+            yield control_pb2.OutputChunk(data=data[offset:offset + OUTPUT_CHUNK], size=len(data) if offset == 0 else 0,
+                                          sha256=digest if offset == last else "")
+
 
 def control_access(tokens: TokenStore) -> Callable[[str, str | None], bool]:
     """Who may call what: the farm token everything; a node token only Join (its own re-join,
@@ -194,7 +204,8 @@ def control_access(tokens: TokenStore) -> Callable[[str, str | None], bool]:
 
 
 def serve(servicers: Callable[[grpc.Server], None], address: str, *, tls: TlsIdentity | None,
-          interceptor: grpc.ServerInterceptor | None, names: tuple[str, ...], workers: int = 32) -> tuple[grpc.Server, int]:
+          interceptor: grpc.ServerInterceptor | None, names: tuple[str, ...],
+          workers: int = 32, checker: health.HealthServicer | None = None) -> tuple[grpc.Server, int]:
     """Start a gRPC server with the health service; returns it and its port (address may end in :0).
 
     Plaintext is refused unless `address` is on loopback, so a misconfiguration cannot expose a
@@ -206,7 +217,7 @@ def serve(servicers: Callable[[grpc.Server], None], address: str, *, tls: TlsIde
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          interceptors=[interceptor] if interceptor else None)
     servicers(server)
-    checker = health.HealthServicer()
+    checker = checker or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     for name in ("", *names):
         checker.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -221,9 +232,23 @@ def serve(servicers: Callable[[grpc.Server], None], address: str, *, tls: TlsIde
 
 
 def serve_control(service: FarmService, address: str, *, tls: TlsIdentity | None = None,
-                  tokens: TokenStore | None = None, membership: Membership | None = None) -> tuple[grpc.Server, int]:
-    """Serve `service` as FarmControl. With `tokens` every call needs a token (see `control_access`)."""
+                  tokens: TokenStore | None = None, membership: Membership | None = None,
+                  checker: health.HealthServicer | None = None) -> tuple[grpc.Server, int]:
+    """Serve `service` as FarmControl. With `tokens` every call needs a token (see `control_access`);
+    `checker` is the health service, for `set_serving` to turn NOT_SERVING when the farm's loop stops."""
     servicer = FarmControlServicer(service, membership)
     interceptor = TokenInterceptor(control_access(tokens)) if tokens is not None else None
     return serve(lambda s: control_pb2_grpc.add_FarmControlServicer_to_server(servicer, s), address, tls=tls,
-                 interceptor=interceptor, names=(SERVICE_NAME,))
+                 interceptor=interceptor, names=(SERVICE_NAME,), checker=checker)
+
+
+def health_service() -> health.HealthServicer:
+    """A standard gRPC health service, for `serve_control` and `set_serving`."""
+    return health.HealthServicer()
+
+
+def set_serving(checker: health.HealthServicer, serving: bool) -> None:
+    """What the standard health service answers for the server and for FarmControl."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        checker.set(name, status)

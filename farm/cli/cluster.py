@@ -1,5 +1,5 @@
 """The multi-PC commands of `farm`: `head`, `join`, and the client commands that talk to a running
-head over `FarmControl` (`submit`, `jobs`, `nodes`, `cancel`, `node pause|resume|drain|remove`,
+head over `FarmControl` (`submit`, `fetch`, `jobs`, `nodes`, `cancel`, `node pause|resume|drain|remove`,
 `token rotate`). Node commands live under `node` because `farm resume` already finishes a stopped
 embedded run.
 
@@ -25,9 +25,9 @@ from pathlib import Path
 from farm.contracts.control import JobView, NodeView, OwnerPolicy
 from farm.contracts.domain import JobStatus
 from farm.contracts.errors import FarmError, InvalidInput
+from farm.core.transitions import ENDED
 
 DEFAULT_HEAD_PORT = 7070
-FINAL = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 def farm_home() -> Path:
@@ -69,12 +69,18 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     head = sub.add_parser("head", help="make this PC the head of a farm and print the `farm join` command")
     head.add_argument("--advertise", default=None, metavar="HOST",
-                      help="the address other PCs reach this one at (default: this PC's LAN address)")
+                      help="the address other PCs reach this one at (default: this PC's LAN address, the "
+                           "source of its default route; without one, pass it: a loopback address is "
+                           "advertised only when given here)")
     head.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     head.add_argument("--port", type=int, default=DEFAULT_HEAD_PORT, help="FarmControl port (default 7070)")
     head.add_argument("--ray-port", type=int, default=6379, help="Ray head port (default 6379)")
     head.add_argument("--out", type=Path, default=Path("renders"), help="folder for outputs (default: renders)")
     head.add_argument("--state", type=Path, default=None, help="folder for the durable queue (default: in memory)")
+    head.add_argument("--http", default="127.0.0.1:7860", metavar="ADDR:PORT",
+                      help="the AUTOMATIC1111-compatible API and /metrics (default 127.0.0.1:7860; off: none); "
+                           "off loopback it needs the farm token")
+    head.add_argument("--http-tls", action="store_true", help="serve the HTTP API over TLS with the head's certificate")
     _owner_args(head)
     head.set_defaults(func=_head)
 
@@ -93,8 +99,17 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     submit = sub.add_parser("submit", help="queue a TOML job file on the head and follow it")
     submit.add_argument("job_file", type=Path)
     submit.add_argument("--detach", action="store_true", help="print the job id and return at once")
+    submit.add_argument("--out", type=Path, default=Path("renders"),
+                        help="save the outputs on this PC under DIR/<job id>/ (default: renders)")
     _client_args(submit)
     submit.set_defaults(func=_submit)
+
+    fetch = sub.add_parser("fetch", help="save a job's outputs from the head on this PC")
+    fetch.add_argument("job_id", metavar="JOB")
+    fetch.add_argument("--out", type=Path, default=Path("renders"),
+                       help="save them under DIR/<job id>/ (default: renders)")
+    _client_args(fetch)
+    fetch.set_defaults(func=_fetch)
 
     for name, what, func in (("jobs", "the head's jobs", _jobs), ("nodes", "the head's nodes", _nodes)):
         p = sub.add_parser(name, help=f"list {what}")
@@ -149,6 +164,15 @@ def _lan_address() -> str:
             return "127.0.0.1"
 
 
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name
+        return address == "localhost"
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -167,19 +191,37 @@ def _serve_until_stopped(start, stop) -> None:  # type: ignore[no-untyped-def]
 
 def _head(args: argparse.Namespace) -> int:
     from farm.api.convert import node_name
+    from farm.api.http_server import needs_credentials, parse_http
     from farm.cli.head import Head, HeadConfig
     from node.probe import detect_gpus
 
+    http = parse_http(args.http)
+    if args.http_tls and http is None:
+        raise InvalidInput("--http-tls", "needs the HTTP API on: drop --http off")
+    advertise = args.advertise or _lan_address()
+    if not args.advertise and _is_loopback(advertise):
+        raise InvalidInput("--advertise", f"found no LAN address (no default route), only {advertise}, which "
+                                          "other PCs cannot reach: pass --advertise ADDRESS (this PC's LAN "
+                                          "address), or --advertise 127.0.0.1 for a farm of this PC alone")
     config = HeadConfig(home=farm_home(), name=node_name("--name", args.name or _default_name()),
-                        advertise=args.advertise or _lan_address(), bind=args.bind, port=args.port,
+                        advertise=advertise, bind=args.bind, port=args.port,
                         ray_port=args.ray_port, out=args.out, state=args.state, policy=_policy(args),
-                        ray=_ray_executable(), ray_ports_from=args.ray_ports_from)
+                        ray=_ray_executable(), ray_ports_from=args.ray_ports_from, http=http,
+                        http_tls=args.http_tls)
     head = Head(config, detect_gpus(args.simulate_gpu))
 
     def start() -> None:
         head.start()
         print(f"farm head {config.name} serving on port {head.port}; outputs in {config.out}", flush=True)
-        print("On each other PC run:", flush=True)
+        if head.http is not None:
+            print(f"A1111-compatible API and Prometheus metrics on {head.http.url}"
+                  + (" (the farm token as password or Bearer token)" if needs_credentials(head.http.host) else ""),
+                  flush=True)
+            if needs_credentials(head.http.host) and not args.http_tls:
+                print("warning: the HTTP API is off loopback without TLS: its token crosses the LAN in clear "
+                      "(add --http-tls)", flush=True)
+        print(f"advertising {config.advertise} (FarmControl port {head.port}, Ray port {config.ray_port}) "
+              "to the other PCs; on each of them run:", flush=True)
         print(f"  {head.join_command()}", flush=True)
 
     _serve_until_stopped(start, head.stop)
@@ -306,6 +348,7 @@ def _nodes(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from farm.api.downloads import save_outputs
     from farm.jobs.jobspec import load_job_file
 
     spec = load_job_file(args.job_file)  # checked here first: a typo never reaches the head
@@ -316,13 +359,33 @@ def _submit(args: argparse.Namespace) -> int:
             print(job_id)
             return 0
         view = _follow(client, job_id)
+        saved = save_outputs(client, view, args.out)
     finally:
         client.close()
     print(f"{job_id} {view.status}: {view.samples_done}/{view.samples_total} samples"
           + (f" ({view.error})" if view.error else ""))
-    for path in view.outputs:
+    for path in saved:
         print(path)
     return 0 if view.status == JobStatus.DONE else 1
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    """The outputs written so far (all of them once the job is done), as paths on this PC."""
+    from farm.api.convert import job_id
+    from farm.api.downloads import save_outputs
+
+    client = connect(args)
+    try:
+        view = client.get_job(job_id(args.job_id))
+        saved = save_outputs(client, view, args.out)
+    finally:
+        client.close()
+    if view.status != JobStatus.DONE:
+        print(f"farm: {view.id} is {view.status}: saved {len(saved)} of {view.samples_total} outputs",
+              file=sys.stderr)
+    for path in saved:
+        print(path)
+    return 0
 
 
 def _follow(client, job_id: str, poll_s: float = 0.5) -> JobView:  # type: ignore[no-untyped-def]
@@ -334,7 +397,7 @@ def _follow(client, job_id: str, poll_s: float = 0.5) -> JobView:  # type: ignor
                   TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=Console(stderr=True)) as progress:
         view = client.get_job(job_id)
         bar = progress.add_task(f"job {job_id}", total=view.steps_total, status=str(view.status))
-        while view.status not in FINAL:
+        while view.status not in ENDED:
             time.sleep(poll_s)
             view = client.get_job(job_id)
             progress.update(bar, completed=view.steps_done, status=str(view.status))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from farm.cli.progress import JobProgress
 from farm.contracts.control import JobView
-from farm.contracts.domain import JobSpec, JobStatus, NodeInfo
+from farm.contracts.domain import JobSpec, NodeInfo
+from farm.core.transitions import WAITING
 from farm.jobs import demand
 from farm.jobs.catalog import get_model
 from farm.runtime.coordinator import Coordinator
@@ -63,7 +64,7 @@ def render_embedded(job: JobSpec | None, nodes: Sequence[NodeInfo], out: Path, p
     if job is not None:
         admit(job, nodes)
     with embedded_coordinator(nodes, out, home, state) as coordinator:
-        ids = [j.id for j in coordinator.list_jobs() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+        ids = [j.id for j in coordinator.list_jobs() if j.status in WAITING]
         if job is not None:
             ids.append(coordinator.submit(job, job_id))
         for current in ids:

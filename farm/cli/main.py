@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from farm.cli.cluster import add_cluster_commands
-from farm.contracts.domain import JobSpec
+from farm.contracts.domain import JobSpec, NodeInfo
 from farm.contracts.errors import FarmError, InvalidInput
 from farm.jobs.jobspec import load_job_file, make_job
 from tui.cli import add_tui_command
@@ -32,14 +32,52 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("renders"), help="folder for outputs (default: renders)")
     p.add_argument("--json", action="store_true", help="print one JSON object per job on stdout instead of a table")
     p.add_argument("--state", type=Path, default=None,
-                   help="keep the queue in this folder (SQLite + checkpoints): a stopped run resumes with `farm resume`")
+                   help="keep the queue in this folder (SQLite + checkpoints): "
+                        "a stopped run resumes with `farm resume`")
+    p.add_argument("--simulate", type=_simulate_sizes, default=None, metavar="GIB,GIB,...",
+                   help="run on simulated nodes of these VRAM sizes (CPU) instead of this PC's NVIDIA GPUs "
+                        "(default: one node per GPU; 8,12,24 where the PC has none)")
+
+
+def _simulate_sizes(text: str) -> tuple[float, ...]:
+    """`--simulate 8,12,24`: 1 to 64 simulated nodes, each from 1 to 4096 GiB."""
+    try:
+        sizes = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not 1 <= len(sizes) <= 64 or not all(1 <= v <= 4096 for v in sizes):
+        raise argparse.ArgumentTypeError(f"give 1 to 64 comma-separated VRAM sizes, each from 1 to 4096 GiB "
+                                         f"(e.g. 8,12,24), got {text!r}")
+    return sizes
+
+
+def local_nodes(simulate: tuple[float, ...] | None = None) -> list[NodeInfo]:
+    """The embedded farm's nodes: simulated ones of these sizes when asked; else one node per NVIDIA
+    GPU of this PC (its budget from NVML, its actor pinned to it), named like a joined PC's; else,
+    on a PC without one, the demo's simulated 8, 12 and 24 GiB nodes."""
+    from node.simulated import DEMO_CARDS, simulated_nodes
+
+    if simulate:
+        speeds = dict(DEMO_CARDS)
+        return simulated_nodes([(v, speeds.get(v, 1.0)) for v in simulate])
+    from farm.cli.cluster import _default_name
+    from farm.cluster.membership import nodes_for
+    from farm.contracts.control import OwnerPolicy
+    from node.probe import HostProbe, NvmlGpus
+
+    try:
+        gpus = NvmlGpus()
+    except (ImportError, RuntimeError):  # no nvidia-ml-py, no driver, or no GPU
+        return simulated_nodes()
+    return list(nodes_for(_default_name(), HostProbe(gpus).hardware(), OwnerPolicy()))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="farm", description="A render farm for home GPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = sub.add_parser("demo", help="render the built-in demo job on an embedded farm of 3 simulated nodes")
+    demo = sub.add_parser("demo", help="render the built-in demo job on an embedded farm of this PC's GPUs "
+                                       "(3 simulated nodes where it has none)")
     _common(demo)
     demo.add_argument("--tui", action="store_true", help="watch and steer it in the terminal dashboard")
 
@@ -96,9 +134,8 @@ def _execute(args: argparse.Namespace) -> int:
     from farm.cli.embedded import render_embedded
     from farm.cli.progress import JobProgress
     from farm.cli.summary import print_summary, result_json
-    from node.simulated import simulated_nodes
 
-    nodes = simulated_nodes()
+    nodes = local_nodes(args.simulate)
     if getattr(args, "tui", False):
         from farm.cli.embedded import dashboard_embedded
 

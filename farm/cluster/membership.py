@@ -50,9 +50,11 @@ def nodes_for(name: str, hardware: Hardware, policy: OwnerPolicy) -> tuple[NodeI
     for gpu in hardware.gpus:
         budget = gpu.vram_total_gib if policy.vram_cap_gib is None else min(gpu.vram_total_gib, policy.vram_cap_gib)
         if not 0 < budget <= 4096:
-            raise InvalidInput(f"hardware.gpus[{gpu.index}].vram_total_gib", f"must be from 0 to 4096 GiB, got {budget}")
+            raise InvalidInput(f"hardware.gpus[{gpu.index}].vram_total_gib",
+                               f"must be from 0 to 4096 GiB, got {budget}")
         node = name if len(hardware.gpus) == 1 else f"{name}-gpu{gpu.index}"
-        nodes.append(NodeInfo(name=node, vram_gib=round(budget, 2), gpu=gpu.name, simulated=gpu.simulated))
+        nodes.append(NodeInfo(name=node, vram_gib=round(budget, 2), gpu=gpu.name, simulated=gpu.simulated,
+                              gpu_index=None if gpu.simulated else gpu.index))
     return tuple(nodes)
 
 

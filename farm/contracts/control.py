@@ -19,11 +19,39 @@ from farm.contracts.domain import JobSpec, JobStatus, NodeInfo
 
 
 class NodeStatus(StrEnum):
+    STARTING = "starting"  # joined; takes work once its worker answers a health probe
     IDLE = "idle"
     BUSY = "busy"
     PAUSED = "paused"  # by its owner (a game started, outside hours) or an operator: takes no work
     DRAINING = "draining"  # finishes its current segment, then takes no work
     OFFLINE = "offline"
+
+
+class PauseBy(StrEnum):
+    """Who paused a node: the text a user sees says so."""
+
+    OPERATOR = "operator"
+    OWNER = "owner"  # the PC owner's rules (detail: which one: a game running, hours, VRAM cap)
+    AGENT = "agent"  # the PC's agent does not answer
+
+
+@dataclass(frozen=True)
+class Pause:
+    by: PauseBy
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        what = {
+            PauseBy.OPERATOR: "paused by an operator",
+            PauseBy.OWNER: "paused by the owner's rules",
+            PauseBy.AGENT: "the PC's agent does not answer",
+        }[self.by]
+        return f"{what}: {self.detail}" if self.detail else what
+
+
+
+OPERATOR_PAUSE = Pause(PauseBy.OPERATOR)
 
 
 @dataclass(frozen=True)
@@ -137,7 +165,8 @@ class FarmService(Protocol):
 
     def list_nodes(self) -> list[NodeView]: ...
 
-    def pause_node(self, name: str) -> None: ...
+    def pause_node(self, name: str, pause: Pause = OPERATOR_PAUSE) -> None:
+        """No new work on the node; its running segment checkpoints and comes back. `pause` says who."""
 
     def drain_node(self, name: str) -> None: ...
 
@@ -148,3 +177,20 @@ class FarmService(Protocol):
 
     def preview(self, job_id: str, sample: int) -> bytes | None:
         """The latest preview PNG of a sample still rendering."""
+
+    def read_output(self, job_id: str, index: int) -> bytes:
+        """The bytes of the job's output `index` (its place in `JobView.outputs`), read where they
+        were written, so a client on another PC (the CLI, the HTTP API, the dashboard) can have them."""
+
+
+class WorkObserver(Protocol):
+    """Told about each segment's facts as they happen, for counters no view can rebuild at scrape
+    time (the metrics): how long segments take, the work a failure throws away, the bytes handed over."""
+
+    def segment_finished(self, node: str, family: str, seconds: float, sample_steps: int,
+                         handoff_bytes: int) -> None:
+        """A segment ended on `node` after `seconds`, having rendered `sample_steps` (steps x batch);
+        `handoff_bytes`: the checkpoint it started from, when an earlier segment ran on another node."""
+
+    def work_redone(self, node: str, sample_steps: int) -> None:
+        """A segment on `node` failed or lost its node: its `sample_steps` since its checkpoint run again."""

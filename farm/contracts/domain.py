@@ -64,6 +64,8 @@ class NodeInfo:
     speed: float = 1.0
     gpu: str = "unknown"
     simulated: bool = False
+    # The CUDA device of its PC this node runs on (NVML's index); None: a simulated node (the CPU).
+    gpu_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class StepRun:
     start: int
     end: int
     memory_mode: str = "full"
+    seconds: float = 0.0  # the segment's time on that node (load and decode included)
+    precision: str = ""  # the dtypes it ran in, e.g. "bf16 (vae fp32)"
 
 
 @dataclass
@@ -188,6 +192,8 @@ class SegmentResult:
     # at that step, and the rest of the segment's steps run later, maybe elsewhere. None: finished.
     stopped_at: int | None = None
     peak_gib: float = 0.0  # measured peak VRAM of the segment (0 when unknown): refines the cost model
+    loaded: tuple[str, ...] = ()  # the models the node holds after the segment (the head's one source for it)
+    precision: str = ""  # the dtypes it ran in, e.g. "bf16 (vae fp32)"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ class Executor(Protocol):
     def step_events(self) -> list[StepEvent]:
         """Step progress reported by the nodes since the last call."""
 
+    def probe(self, node: str) -> object:
+        """Ask the node's worker to answer; `wait` reports the handle with any value once it has, or
+        with the error (NodeLost) when it cannot."""
+
     def interrupt(self, node: str) -> None:
         """Ask `node` to end its running segment at the next step boundary (pause)."""
 

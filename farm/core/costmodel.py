@@ -6,6 +6,9 @@ resident weights plus that component's activations, so a shard's peak is the lar
 
 * full          every component's weights stay on the GPU (fastest: nothing moves between stages)
 * offload       model CPU offload: only the running component is on the GPU
+* group_offload the running component streams its blocks to the GPU two at a time (one running, one
+                prefetched on a CUDA stream), everything else stays in CPU memory: the lowest peak,
+                the slowest (every step moves the denoiser's weights over PCIe)
 * *_tiled       the VAE decodes in tiles, which bounds its activations at a tile's worth
 
 Activations are `fixed + per_sample * batch * scale`, where `scale` is the latent token count
@@ -35,6 +38,12 @@ MAX_CORRECTION = 2.0
 
 # (weight bytes, activation bytes) per value; fp8 stores weights in 8 bits and computes in 16.
 DTYPE_BYTES: dict[str, tuple[int, int]] = {"fp16": (2, 2), "bf16": (2, 2), "fp8": (1, 2), "fp32": (4, 4)}
+# Group offload keeps two groups of one block each on the GPU (the running one and the one a CUDA
+# stream prefetches), plus the weights outside the blocks (embeddings, norms, projections), which
+# onload as one group: at most this share of a component's weights for the big encoders and
+# denoisers (T5's shared embedding is 3% of its weights, Qwen2.5-VL's 8%).
+STREAMED_GROUPS = 2
+OUTSIDE_BLOCKS_SHARE = 0.10
 
 
 class Role(StrEnum):
@@ -50,14 +59,22 @@ class MemoryMode(StrEnum):
     FULL_TILED = "full_tiled"
     OFFLOAD = "offload"
     OFFLOAD_TILED = "offload_tiled"
+    GROUP_OFFLOAD = "group_offload"
+    GROUP_OFFLOAD_TILED = "group_offload_tiled"
 
     @property
     def offload(self) -> bool:
-        return self in (MemoryMode.OFFLOAD, MemoryMode.OFFLOAD_TILED)
+        """Weights leave the GPU between uses (model offload or group offload)."""
+        return self is not MemoryMode.FULL and self is not MemoryMode.FULL_TILED
+
+    @property
+    def streamed(self) -> bool:
+        """Group offload: the running component's blocks stream in, not the whole component."""
+        return self in (MemoryMode.GROUP_OFFLOAD, MemoryMode.GROUP_OFFLOAD_TILED)
 
     @property
     def tiled(self) -> bool:
-        return self in (MemoryMode.FULL_TILED, MemoryMode.OFFLOAD_TILED)
+        return self.value.endswith("_tiled")
 
 
 MODES = tuple(MemoryMode)
@@ -89,6 +106,17 @@ class Component:
     weights_gib: float
     activation: Activation | None
     tiled: Activation | None = None
+    # Repeated blocks group offload streams one by one (0: none, the whole component onloads).
+    blocks: int = 0
+    # A component that always runs in this dtype whatever the model's (Wan's VAE runs in fp32);
+    # None: the model's dtype. Figures above are at 16 bits either way.
+    dtype: str | None = None
+
+    def streamed_gib(self) -> float:
+        """Weights on the GPU while this component runs under group offload."""
+        if self.blocks <= 0:
+            return self.weights_gib
+        return self.weights_gib * min(1.0, STREAMED_GROUPS / self.blocks + OUTSIDE_BLOCKS_SHARE)
 
     def activation_gib(self, batch: int, scale: float, tiled: bool) -> float:
         act = self.tiled if tiled and self.tiled is not None else self.activation
@@ -108,6 +136,15 @@ class ModelProfile:
     components: tuple[Component, ...]
     reference_frames: int = 1
     temporal_compression: int = 1
+    # A profile sized from a real model's files (`sized`) keeps the measured profile's timings
+    # (`timing`) and scales them by its denoiser's parameters relative to the measured one's.
+    base: str = ""
+    compute_scale: float = 1.0
+
+    @property
+    def timing(self) -> str:
+        """The measured profile whose step and decode times apply."""
+        return self.base or self.name
 
     @property
     def weights_gib(self) -> float:
@@ -137,7 +174,8 @@ def _clip_l() -> Component:
 
 
 def _sd_vae(fixed: float, per_sample: float, tiled_per_sample: float, tile_cap: float) -> Component:
-    return Component("vae", Role.DECODER, 0.156, Activation(fixed, per_sample), Activation(0.0, tiled_per_sample, tile_cap))
+    return Component("vae", Role.DECODER, 0.156, Activation(fixed, per_sample),
+                     Activation(0.0, tiled_per_sample, tile_cap))
 
 
 PROFILES: dict[str, ModelProfile] = {
@@ -168,9 +206,9 @@ PROFILES: dict[str, ModelProfile] = {
         "ltxv", 768, 512,
         (
             # t5xxl_encoder_seq128_b2 (LTX-Video encodes 128 tokens; batch 2 = one sample with CFG).
-            Component("t5xxl", Role.TEXT, 8.87, Activation(0.0, 8.953 - 8.87)),
+            Component("t5xxl", Role.TEXT, 8.87, Activation(0.0, 8.953 - 8.87), blocks=24),
             # ltxv_2b_768x512x121, batch 1..4.
-            Component("transformer", Role.DENOISER, 3.583, Activation(0.0330, 0.7557)),
+            Component("transformer", Role.DENOISER, 3.583, Activation(0.0330, 0.7557), blocks=28),
             # ltxv_vae_decode_768x512x121 and _tiled.
             Component("vae", Role.DECODER, 0.781, Activation(0.0, 5.308 - 0.781),
                       Activation(0.0, 3.817 - 0.781, (3.817 - 0.781) / (5.308 - 0.781))),
@@ -182,12 +220,12 @@ PROFILES: dict[str, ModelProfile] = {
         (
             # estimate: umT5-XXL encoder = T5-XXL's 8.87 GiB plus its 256k-token embedding (+0.92 B
             # parameters); activations of t5xxl_encoder_seq512_b2 (Wan encodes 512 tokens).
-            Component("umt5xxl", Role.TEXT, 10.58, Activation(0.0, 9.325 - 8.87)),
+            Component("umt5xxl", Role.TEXT, 10.58, Activation(0.0, 9.325 - 8.87), blocks=24),
             # wan21_1.3b_832x480x81, batch 1..2.
-            Component("transformer", Role.DENOISER, 2.643, Activation(0.0500, 2.9560)),
-            # wan_vae_decode_832x480x81 and _tiled.
+            Component("transformer", Role.DENOISER, 2.643, Activation(0.0500, 2.9560), blocks=30),
+            # wan_vae_decode_832x480x81 and _tiled (measured in bf16; diffusers runs Wan's VAE in fp32).
             Component("vae", Role.DECODER, 0.236, Activation(0.0, 4.662 - 0.236),
-                      Activation(0.0, 1.228 - 0.236, (1.228 - 0.236) / (4.662 - 0.236))),
+                      Activation(0.0, 1.228 - 0.236, (1.228 - 0.236) / (4.662 - 0.236)), dtype="fp32"),
         ),
         reference_frames=81, temporal_compression=4,
     ),
@@ -196,10 +234,10 @@ PROFILES: dict[str, ModelProfile] = {
         (
             # estimate: Qwen2.5-VL-7B language model without its LM head (7.07 B parameters) and
             # the ByT5 glyph encoder (0.22 B); activations as T5-XXL at 512 tokens.
-            Component("qwen25vl", Role.TEXT, 13.17, Activation(0.0, 9.325 - 8.87)),
-            Component("byt5", Role.TEXT, 0.41, Activation(0.0, 0.05)),
+            Component("qwen25vl", Role.TEXT, 13.17, Activation(0.0, 9.325 - 8.87), blocks=28),
+            Component("byt5", Role.TEXT, 0.41, Activation(0.0, 0.05), blocks=12),
             # hunyuanvideo15_8.3b_848x480x121, batch 1.
-            Component("transformer", Role.DENOISER, 15.51, Activation(0.0, 36.846 - 15.51)),
+            Component("transformer", Role.DENOISER, 15.51, Activation(0.0, 36.846 - 15.51), blocks=54),
             # hunyuanvideo15_vae_decode_848x480x121 ran out of 80 GB untiled; _tiled measured.
             # The tile's share of the reference shape is not measured; 0.5 keeps smaller videos costed
             # at least at half the measured tiled peak.
@@ -223,10 +261,10 @@ PROFILES["flux"] = ModelProfile(
     (
         _clip_l(),
         # t5xxl_encoder_seq512_b2 (Flux encodes 512 tokens, one sequence per sample: no CFG).
-        Component("t5xxl", Role.TEXT, 8.87, Activation(0.0, (9.325 - 8.87) / 2)),
+        Component("t5xxl", Role.TEXT, 8.87, Activation(0.0, (9.325 - 8.87) / 2), blocks=24),
         # estimate: Flux.1-dev transformer, 11.9 B parameters in bf16. Activations at ~64 bytes per
         # token and hidden unit, as measured for Wan 2.1 and LTX-Video: 4096 image + 512 text tokens, 3072 wide.
-        Component("transformer", Role.DENOISER, 22.2, Activation(0.05, 0.84)),
+        Component("transformer", Role.DENOISER, 22.2, Activation(0.05, 0.84), blocks=57),
         # estimate: decodes like SDXL's VAE at 1024 px (same decoder, 16 latent channels).
         PROFILES["sdxl"].component("vae"),
     ),
@@ -261,6 +299,20 @@ class Fit:
     need_gib: float
 
 
+def sized(base: ModelProfile, name: str, components: Sequence[Component], compute_scale: float) -> ModelProfile:
+    """`base` (a measured family) with the components of one real model, as sized from its files."""
+    return ModelProfile(name, base.reference_width, base.reference_height, tuple(components),
+                        base.reference_frames, base.temporal_compression, base=base.timing,
+                        compute_scale=compute_scale)
+
+
+def register(profile: ModelProfile) -> str:
+    """Make a sized profile known by name, so shapes (which name their profile) can price it; a real
+    model's profile is derived from its files the same way in every process that resolves it."""
+    PROFILES[profile.name] = profile
+    return profile.name
+
+
 def _dtype(dtype: str) -> tuple[float, float]:
     try:
         weights, acts = DTYPE_BYTES[dtype]
@@ -272,14 +324,19 @@ def _dtype(dtype: str) -> tuple[float, float]:
 def component_peak_gib(shape: Shape, name: str, batch: int, mode: MemoryMode = MemoryMode.FULL) -> float:
     """Peak VRAM while component `name` runs on a batch: resident weights plus its activations.
 
-    In full mode every component's weights are resident; with offload only this one's. math.inf
-    when the component cannot run in this mode at all.
+    In full mode every component's weights are resident; with offload only this one's; with group
+    offload only this one's streamed blocks. math.inf when the component cannot run in this mode.
     """
     profile = shape.profile
-    w_scale, a_scale = _dtype(shape.dtype)
     comp = profile.component(name)
-    resident = comp.weights_gib if mode.offload else profile.weights_gib
-    return resident * w_scale + comp.activation_gib(batch, shape.scale, mode.tiled) * a_scale
+    w_scale, a_scale = _dtype(comp.dtype or shape.dtype)
+    if mode.streamed:
+        resident = comp.streamed_gib() * w_scale
+    elif mode.offload:
+        resident = comp.weights_gib * w_scale
+    else:
+        resident = sum(c.weights_gib * _dtype(c.dtype or shape.dtype)[0] for c in profile.components)
+    return resident + comp.activation_gib(batch, shape.scale, mode.tiled) * a_scale
 
 
 def shard_peak_gib(shape: Shape, batch: int, mode: MemoryMode = MemoryMode.FULL) -> float:

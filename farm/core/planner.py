@@ -122,7 +122,8 @@ def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) ->
     another card can take. Raises DoesNotFit (admission) when no node holds a sample."""
     out = []
     for node in nodes:
-        fits = costmodel.fits(demand.shape, node.vram_gib, len(demand.samples), context.peak_factors.get(node.name, 1.0))
+        correction = context.peak_factors.get(node.name, 1.0)
+        fits = costmodel.fits(demand.shape, node.vram_gib, len(demand.samples), correction)
         if not fits:
             continue
         seconds = [_sample_seconds(demand.shape, demand.steps, f, node, context.speeds) for f in fits]
@@ -197,7 +198,8 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
     are placed first, among those the ones whose samples take longest (a sample is indivisible:
     placed last, a long video lands on whichever card is least full and sets the makespan, while
     short image samples placed after it even the cards out), and each later job's samples go where
-    they finish first behind them. Higher priorities are placed first. Execution order stays the queue order (`plan_tick`). Call it again
+    they finish first behind them. Higher priorities are placed first. Execution order stays the queue
+    order (`plan_tick`). Call it again
     with the unstarted samples of every queued job whenever a job arrives. Raises DoesNotFit.
     """
     options = {job_id: _options(d, nodes, context) for job_id, d in demands}
@@ -295,6 +297,7 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list
             continue
         modes = {name: m for name, n in idle.items() if (m := _mode_on(seg, n)) is not None}
         if modes:
-            best = min((idle[name] for name in modes), key=lambda n: (seg.model not in n.loaded, -n.info.speed, n.info.name))
+            best = min((idle[name] for name in modes),
+                       key=lambda n: (seg.model not in n.loaded, -n.info.speed, n.info.name))
             assign(best.info.name, seg, modes[best.info.name])
     return out

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from farm.contracts.domain import NodeInfo
-from farm.core.costmodel import Shape
+from farm.core.costmodel import Role, Shape
 
 # An H100 relative to the reference card (speed 1.0, an 8 GB RTX 3060 Ti class card): about 7 times
 # its dense fp16 tensor throughput. Only the prior depends on it; learned factors replace it.
@@ -59,14 +59,22 @@ DECODE_SECONDS: dict[str, tuple[float, float]] = {
 
 
 def reference_step_seconds(shape: Shape, batch: int) -> float:
-    """Seconds of one denoising step of `batch` samples on the reference card (the prior)."""
-    return STEP_TIMES[shape.family].seconds(batch, shape.scale) * H100_SPEED
+    """Seconds of one denoising step of `batch` samples on the reference card (the prior). A real
+    model sized from its files scales its family's time by its denoiser's parameters."""
+    profile = shape.profile
+    return STEP_TIMES[profile.timing].seconds(batch, shape.scale) * H100_SPEED * profile.compute_scale
 
 
 def reference_decode_seconds(shape: Shape, batch: int, tiled: bool) -> float:
     """Seconds to decode `batch` samples on the reference card."""
-    untiled, tiled_s = DECODE_SECONDS[shape.family]
+    untiled, tiled_s = DECODE_SECONDS[shape.profile.timing]
     return (tiled_s if tiled else untiled) * batch * shape.scale * H100_SPEED
+
+
+def streamed_step_seconds(shape: Shape) -> float:
+    """Seconds one denoising step spends moving the denoisers' weights under group offload, when the
+    CUDA stream cannot hide the copy behind the compute (an upper bound: add it to the step time)."""
+    return sum(c.weights_gib for c in shape.profile.role(Role.DENOISER)) / OFFLOAD_GIB_PER_S
 
 
 def load_seconds(shape: Shape) -> float:
@@ -105,5 +113,6 @@ class SpeedBook:
         measured = seconds / (reference_step_seconds(shape, batch) * steps)
         key = (node, shape.family)
         old = self.factors.get(key)
-        new = measured if old is None else math.exp((1 - LEARNING_RATE) * math.log(old) + LEARNING_RATE * math.log(measured))
+        new = measured if old is None else math.exp(
+            (1 - LEARNING_RATE) * math.log(old) + LEARNING_RATE * math.log(measured))
         return SpeedBook({**self.factors, key: new})

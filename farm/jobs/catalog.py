@@ -29,6 +29,21 @@ FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
     "hunyuanvideo15": ("flow_euler",),
 }
 
+# The dtype each family runs in on a GPU, as diffusers runs it: fp16 for the SD family (SDXL's VAE
+# upcasts itself to fp32 to decode: `force_upcast`), bf16 for the flow transformers, and the
+# components that differ (Wan's VAE runs in fp32). A GPU without bf16 runs the bf16 families in fp16;
+# a CPU runs everything in fp32 unless told otherwise.
+PRECISION: dict[str, tuple[str, dict[str, str]]] = {
+    "sd15": ("fp16", {}),
+    "sdxl": ("fp16", {}),
+    "sdxl_refiner": ("fp16", {}),
+    "flux": ("bf16", {}),
+    "ltxv": ("bf16", {}),
+    "wan21": ("bf16", {"vae": "fp32"}),
+    "wan22": ("bf16", {"vae": "fp32"}),
+    "hunyuanvideo15": ("bf16", {}),
+}
+
 
 @dataclass(frozen=True)
 class ModelInfo:

@@ -3,17 +3,23 @@
 The farm never downloads weights by itself (each PC pulling tens of GB at the first segment would be
 a surprise): fetch a model once per PC with `huggingface-cli download ID`, or copy a folder. The
 family comes from the folder's `model_index.json` (its pipeline class), and with it the sampler list,
-the memory profile the scheduler plans with, and the size and frame limits. Loading goes through the
-same `from_pretrained` call as the built-in models.
+the default guidance and the size and frame limits. The model is costed from its own files: each
+component's parameter count is read from its safetensors headers (a few KB; no weights are read), so
+Wan 2.1 14B is not planned as the 1.3B, nor an LTX-Video 13B as the 2B. Loading goes through the same
+`from_pretrained` call as the built-in models.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import struct
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 from farm.contracts.errors import InvalidInput
+from farm.core.costmodel import PROFILES, Activation, Component, ModelProfile, Role, register, sized
 from farm.jobs.catalog import ModelInfo
 
 # pipeline class -> (family, memory profile)
@@ -26,17 +32,156 @@ PIPELINES: dict[str, tuple[str, str]] = {
     "WanPipeline": ("wan21", "wan21"),
     "HunyuanVideo15Pipeline": ("hunyuanvideo15", "hunyuanvideo15"),
 }
-# family -> (default size, max size, default steps, max frames, fps, default sampler)
-LIMITS: dict[str, tuple[int, int, int, int, int, str]] = {
-    "sd15": (512, 1024, 30, 1, 0, "dpmpp_2m"),
-    "sdxl": (1024, 2048, 30, 1, 0, "dpmpp_2m"),
-    "sdxl_refiner": (1024, 2048, 40, 1, 0, "euler"),
-    "flux": (1024, 2048, 28, 1, 0, "flow_euler"),
-    "ltxv": (512, 1280, 40, 257, 25, "flow_euler"),
-    "wan21": (480, 1280, 30, 81, 16, "unipc"),
-    "wan22": (480, 1280, 40, 81, 16, "unipc"),
-    "hunyuanvideo15": (480, 1280, 30, 121, 24, "flow_euler"),
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A family's defaults and limits for real models; guidance is the pipeline's documented default
+    (Flux.1-dev 3.5, Wan 2.1 5.0, Wan 2.2 4.0, LTX-Video 3.0, HunyuanVideo-1.5 6.0)."""
+
+    default_size: int
+    max_size: int
+    default_steps: int
+    max_frames: int
+    fps: int
+    sampler: str
+    guidance: float
+
+
+LIMITS: dict[str, Limits] = {
+    "sd15": Limits(512, 1024, 30, 1, 0, "dpmpp_2m", 7.5),
+    "sdxl": Limits(1024, 2048, 30, 1, 0, "dpmpp_2m", 5.0),
+    "sdxl_refiner": Limits(1024, 2048, 40, 1, 0, "euler", 5.0),
+    "flux": Limits(1024, 2048, 28, 1, 0, "flow_euler", 3.5),
+    "ltxv": Limits(512, 1280, 40, 257, 25, "flow_euler", 3.0),
+    "wan21": Limits(480, 1280, 30, 81, 16, "unipc", 5.0),
+    "wan22": Limits(480, 1280, 40, 81, 16, "unipc", 4.0),
+    "hunyuanvideo15": Limits(480, 1280, 30, 121, 24, "flow_euler", 6.0),
 }
+
+# Pipeline component -> cost-model component, where the names differ. A component the measured
+# profile lacks (Wan 2.2's second expert) is costed like the one named in TEMPLATES.
+COST_NAMES: dict[str, dict[str, str]] = {
+    "sd15": {"text_encoder": "clip_l"},
+    "sdxl": {"text_encoder": "clip_l", "text_encoder_2": "clip_g"},
+    "sdxl_refiner": {"text_encoder": "clip_l", "text_encoder_2": "clip_g"},
+    "flux": {"text_encoder": "clip_l", "text_encoder_2": "t5xxl"},
+    "ltxv": {"text_encoder": "t5xxl"},
+    "wan21": {"text_encoder": "umt5xxl"},
+    "wan22": {"text_encoder": "umt5xxl"},
+    "hunyuanvideo15": {"text_encoder": "qwen25vl", "text_encoder_2": "byt5"},
+}
+TEMPLATES = {"transformer_2": "transformer"}
+# Hidden width of each measured profile's denoiser: a denoiser's activations scale with its width
+# (tokens x width per layer; layers run one after another), its step time with its parameters.
+REFERENCE_WIDTH = {"sd15": 1280, "sdxl": 1280, "sdxl_refiner": 1280, "flux": 3072, "ltxv": 2048, "wan21": 1536,
+                   "hunyuanvideo15": 2048}
+# Bytes per value of each safetensors dtype.
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+# diffusers' and transformers' weight file names: optional shard number, optional variant.
+WEIGHT_FILE = re.compile(r"^(?:diffusion_pytorch_model|model)(?:-\d+-of-\d+)?(?:\.(\w+))?\.safetensors$")
+MAX_HEADER = 100 * 2**20
+COST_BYTES = 2  # the cost model's figures are at 16 bits per weight
+
+
+@dataclass(frozen=True)
+class WeightSize:
+    """One component's weights as its files hold them."""
+
+    params: int
+    file_bytes: int
+
+
+def read_header(path: Path) -> dict[str, dict]:
+    """The tensor table of a safetensors file (name -> dtype, shape, offsets); only the header is read."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > MAX_HEADER:
+            raise InvalidInput("model", f"{path}: a {length}-byte safetensors header is not plausible")
+        table = json.loads(f.read(length))
+    table.pop("__metadata__", None)
+    return table
+
+
+def weight_files(component: Path) -> dict[str | None, list[Path]]:
+    """A component folder's safetensors files by variant (None: the plain files)."""
+    out: dict[str | None, list[Path]] = {}
+    for path in sorted(component.glob("*.safetensors")):
+        match = WEIGHT_FILE.match(path.name)
+        if match:
+            out.setdefault(match.group(1), []).append(path)
+    return out
+
+
+def weight_size(component: Path) -> WeightSize | None:
+    """Parameters and bytes of a component from one variant's headers (every variant holds the same
+    parameters); None without safetensors files."""
+    files = weight_files(component)
+    if not files:
+        return None
+    chosen = files.get(None) or files[sorted(k for k in files if k)[0]]
+    params = size = 0
+    for path in chosen:
+        for tensor in read_header(path).values():
+            count = 1
+            for d in tensor["shape"]:
+                count *= d
+            params += count
+            size += count * SAFETENSORS_BYTES.get(tensor["dtype"], 4)
+    return WeightSize(params, size)
+
+
+def model_sizes(folder: Path) -> dict[str, WeightSize]:
+    """Each pipeline component's weight size, read from the files of a diffusers folder."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    out = {}
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        size = weight_size(folder / name)
+        if size is not None:
+            out[name] = size
+    return out
+
+
+def denoiser_width(config: dict) -> int:
+    """A denoiser's hidden width from its config: attention heads x head size, or a UNet's widest block."""
+    if config.get("num_attention_heads") and isinstance(config.get("attention_head_dim"), int):
+        return config["num_attention_heads"] * config["attention_head_dim"]
+    return max(config.get("block_out_channels") or [0])
+
+
+def _scaled(act: Activation | None, ratio: float) -> Activation | None:
+    if act is None:
+        return None
+    return replace(act, fixed_gib=act.fixed_gib * ratio, per_sample_gib=act.per_sample_gib * ratio)
+
+
+def sized_profile(name: str, family: str, profile: str, folder: Path) -> ModelProfile:
+    """The measured profile of `family`, with each component's weights from `folder`'s files.
+
+    Weights are costed at 16 bits (a component that runs in fp32, like Wan's VAE, is scaled by the cost
+    model); a denoiser's activations scale with its width, its step time with its parameters.
+    """
+    base = PROFILES[profile]
+    names = COST_NAMES.get(family, {})
+    components: dict[str, Component] = {c.name: c for c in base.components}
+    compute: list[float] = []  # each denoiser's parameters relative to the measured one's
+    for part, size in model_sizes(folder).items():
+        cost_name = names.get(part, part)
+        template = components.get(cost_name) or components.get(TEMPLATES.get(part, ""))
+        if template is None:
+            continue  # a part the cost model does not price (a safety checker, an image encoder)
+        comp = replace(template, name=cost_name, weights_gib=size.params * COST_BYTES / 2**30)
+        if comp.role is Role.DENOISER:
+            config_path = folder / part / "config.json"
+            width = denoiser_width(json.loads(config_path.read_text(encoding="utf-8"))) if config_path.exists() else 0
+            ratio = width / REFERENCE_WIDTH[profile] if width else 1.0
+            comp = replace(comp, activation=_scaled(comp.activation, ratio), tiled=_scaled(comp.tiled, ratio))
+            compute.append(comp.weights_gib / template.weights_gib)
+        components[cost_name] = comp
+    return sized(base, f"{profile}:{name}", tuple(components.values()), max(compute, default=1.0))
 
 
 def locate(name: str) -> Path | None:
@@ -65,7 +210,9 @@ def external_model(name: str) -> ModelInfo | None:
     family, profile = PIPELINES[cls]
     if family == "wan21" and (index.get("transformer_2") or [None])[0]:
         family = "wan22"  # Wan 2.2: high- and low-noise experts
-    size, max_size, steps, frames, fps, sampler = LIMITS[family]
-    return ModelInfo(name=name, family=family, profile=profile, cost_scale=1, max_size=max_size, default_size=size,
-                     default_steps=steps, description=f"{cls} from {folder}", max_frames=frames, fps=fps,
-                     default_sampler=sampler, source=str(folder))
+    limits = LIMITS[family]
+    key = register(sized_profile(name, family, profile, folder))
+    return ModelInfo(name=name, family=family, profile=key, cost_scale=1, max_size=limits.max_size,
+                     default_size=limits.default_size, default_steps=limits.default_steps,
+                     description=f"{cls} from {folder}", max_frames=limits.max_frames, fps=limits.fps,
+                     default_sampler=limits.sampler, default_guidance=limits.guidance, source=str(folder))

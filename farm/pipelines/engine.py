@@ -5,13 +5,18 @@ Stages load only what they need: `encode` the text encoders, `denoise` the UNet 
 the prompt conditioning, so a node that runs middle segments never loads text encoders or a VAE.
 Every run of a segment is deterministic: the same checkpoint gives the same latents, so a retry
 is always safe.
+
+A checkpoint is portable: noise comes from CPU generators (the same numbers on every machine, and
+a state any node can restore), and a receiving node casts the tensors to its own dtype and device,
+so a shard may move between a CPU node, an fp16 card and a bf16 card between any two segments.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +25,10 @@ from diffusers import DiffusionPipeline
 
 from farm.contracts.domain import JobSpec, Sample
 from farm.contracts.errors import CheckpointError
-from farm.pipelines import memory, schedulers
+from farm.pipelines import memory, precision, schedulers
 from farm.pipelines.families import Family
 from farm.pipelines.families.base import Live
+from farm.pipelines.loader import variant_for
 from farm.pipelines.quiet import quiet_libraries
 from farm.pipelines.tensors import from_raw, to_raw
 from farm.wire.checkpoint import Checkpoint
@@ -48,47 +54,112 @@ def scheduler_config(folder: Path, index: dict) -> dict:
 
 
 class Engine:
-    """Runs one model's stages on one device, loading each stage's components on first use."""
+    """Runs one model's stages on one device, loading each stage's components on first use.
+
+    `preloaded` are modules built elsewhere (bench/gpu_check.py's random full-size weights): they are
+    handed to `from_pretrained` instead of being read from the folder, which then needs only configs.
+    """
 
     def __init__(self, family: Family, folder: Path, model_name: str, device: torch.device,
-                 dtype: torch.dtype | None = None, memory_mode: str = "full") -> None:
+                 dtype: torch.dtype | None = None, memory_mode: str = "full",
+                 preloaded: Mapping[str, torch.nn.Module] | None = None) -> None:
         quiet_libraries()
         self.family = family
         self.folder = folder
         self.model_name = model_name
         self.device = device
-        self.dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        self.precision = precision.policy(family.name, device, dtype)
+        self.dtype = self.precision.dtype
         self.configs = component_configs(folder)
         self.index = DiffusionPipeline.load_config(str(folder))
         self.scheduler_config = scheduler_config(folder, self.index)
+        self.preloaded = dict(preloaded or {})
         self.pipes: dict[str, DiffusionPipeline] = {}
+        self.parked: set[str] = set()  # stages whose components wait in CPU memory (full mode)
         self.loads = 0
         self.memory_mode = memory_mode
         self.mode_used = memory.effective(memory_mode, device)
 
+    @property
+    def placement(self) -> str:
+        return memory.parse(self.mode_used)[0]
+
+    def use(self, memory_mode: str) -> None:
+        """Hold the model in `memory_mode` from now on. Loaded components are re-placed in memory and
+        the VAE's tiling switched: nothing is read from disk again."""
+        used = memory.effective(memory_mode, self.device)
+        placement, tiled = memory.parse(used)
+        if placement != self.placement:
+            for stage, pipe in self.pipes.items():
+                memory.unplace(pipe)
+                if stage not in self.parked:
+                    memory.place(pipe, placement, self.device)
+        for pipe in self.pipes.values():
+            memory.set_tiling(pipe, tiled)
+        self.memory_mode, self.mode_used = memory_mode, used
+
+    def _load(self, keep: set[str] | None) -> DiffusionPipeline:
+        """The pipeline from the folder with only `keep`'s components (None: all): safetensors only,
+        the fp16/bf16 variant where the folder has one for every component loaded."""
+        wanted = {name for name, spec in self.index.items() if not name.startswith("_") and isinstance(spec, list)}
+        keep = wanted if keep is None else keep
+        skip = {name: None for name in wanted if name != "scheduler" and name not in keep}
+        extra = {"requires_safety_checker": False} if "requires_safety_checker" in self.index else {}
+        given = {name: m for name, m in self.preloaded.items() if name in keep}
+        variant = variant_for(self.folder, keep - set(given), self.dtype)
+        pipe = self.family.pipeline_class.from_pretrained(
+            str(self.folder), torch_dtype=self.precision.load_arg(), use_safetensors=True, variant=variant,
+            **skip, **extra, **given)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def pipe(self, stage: str) -> DiffusionPipeline:
-        """The pipeline with only `stage`'s components loaded (scheduler always)."""
+        """The pipeline with only `stage`'s components loaded (scheduler always), placed as the
+        memory mode says."""
         if stage not in self.pipes:
-            keep = set(self.family.stages[stage])
-            skip = {
-                name: None for name, spec in self.index.items()
-                if not name.startswith("_") and isinstance(spec, list) and name != "scheduler" and name not in keep
-            }
-            extra = {"requires_safety_checker": False} if "requires_safety_checker" in self.index else {}
-            pipe = self.family.pipeline_class.from_pretrained(str(self.folder), torch_dtype=self.dtype, **skip, **extra)
-            pipe.set_progress_bar_config(disable=True)
-            denoisers = tuple(c for s, cs in self.family.stages.items() if s not in ("encode", "decode") for c in cs)
-            memory.apply(pipe, self.memory_mode, self.device, denoisers)
+            pipe = self._load(set(self.family.stages[stage]))
+            memory.place(pipe, self.placement, self.device)
+            memory.set_tiling(pipe, memory.parse(self.mode_used)[1])
             self.family.prepare_stage(pipe, stage, self.configs)
             self.pipes[stage] = pipe
             self.loads += 1
+        elif stage in self.parked:
+            memory.place(self.pipes[stage], self.placement, self.device)
+            self.parked.discard(stage)
         return self.pipes[stage]
+
+    def release(self, stage: str) -> None:
+        """A stage is done: offload hooks put its model back in CPU memory, and in full mode on a GPU
+        the text encoders wait in CPU memory until the next shard's encode (they would otherwise hold
+        gigabytes through every middle segment)."""
+        pipe = self.pipes.get(stage)
+        if pipe is None:
+            return
+        memory.release(pipe)
+        if stage == "encode" and self.placement == "full" and self.device.type != "cpu":
+            pipe.to("cpu")
+            self.parked.add(stage)
+
+    def close(self) -> None:
+        """Free everything this engine holds: hooks removed (they keep references to the modules),
+        pipelines dropped, garbage collected, the CUDA cache emptied."""
+        for pipe in self.pipes.values():
+            memory.unplace(pipe)
+        self.pipes.clear()
+        self.parked.clear()
+        self.preloaded.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def loaded_components(self) -> set[str]:
         return {c for stage in self.pipes if stage in self.family.stages for c in self.family.stages[stage]}
 
-    def _generators(self, seeds: tuple[int, ...]) -> list[torch.Generator]:
-        return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+    @staticmethod
+    def _generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
+        """CPU generators, as diffusers recommends for reproducibility: the same noise on any device,
+        and a state every node can restore (a CUDA generator's state means nothing to a CPU)."""
+        return [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
 
     def encode(self, job: JobSpec, samples: tuple[Sample, ...]) -> Live:
         """Encode prompts and draw initial latents: the state before step 0."""
@@ -99,6 +170,7 @@ class Engine:
         scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
         latents = self.family.init_latents(pipe, job, cond, generators, scheduler, self.configs)
         self.family.set_timesteps(pipe, job, scheduler, tuple(latents.shape))
+        self.release("encode")
         return Live(job, seeds, latents, cond, scheduler, generators)
 
     def denoise(self, live: Live, end: int, on_step: Callable[[int], None] | None = None,
@@ -110,9 +182,15 @@ class Engine:
         """
         schedulers.check_cut(live.job.sampler, live.job.steps, end)
         ends = set(schedulers.whole_step_ends(live.job.sampler, live.job.steps))
+        used: list[str] = []
         for i in range(live.step, end):
             # Two-stage models (SDXL's refiner, Wan 2.2's experts) run some iterations on another denoiser.
-            pipe = self.pipe(self.family.denoiser_stage(self.index, live, i))
+            stage = self.family.denoiser_stage(self.index, live, i)
+            if stage not in used:
+                for done in used:
+                    self.release(done)  # the first expert leaves before the second one loads
+                used.append(stage)
+            pipe = self.pipe(stage)
             pipe.scheduler = live.scheduler  # pipeline helpers (prepare_extra_step_kwargs...) read self.scheduler
             live.latents = self.family.step(pipe, live, i)
             live.step = i + 1
@@ -120,10 +198,14 @@ class Engine:
                 on_step(i + 1)
             if should_stop is not None and live.step in ends and live.step < end and should_stop():
                 break
+        for stage in used:
+            self.release(stage)
         return live
 
     def decode(self, live: Live) -> list[np.ndarray]:
-        return self.family.decode(self.pipe("decode"), live)
+        images = self.family.decode(self.pipe("decode"), live)
+        self.release("decode")
+        return images
 
     def to_checkpoint(self, live: Live) -> Checkpoint:
         job = live.job
@@ -140,7 +222,7 @@ class Engine:
             seeds=live.seeds,
             latents=to_raw(live.latents),
             conditioning={k: to_raw(v) for k, v in live.cond.items()},
-            scheduler_state=schedulers.capture(live.scheduler),
+            scheduler_state=schedulers.capture(live.scheduler, self.device),
             rng_states=tuple(g.get_state().numpy().tobytes() for g in live.generators),
         )
 
@@ -150,21 +232,33 @@ class Engine:
                 f"checkpoint is for {cp.model}/{cp.family}/{cp.sampler}/{cp.steps} steps, "
                 f"not {self.model_name}/{self.family.name}/{job.sampler}/{job.steps}"
             )
-        latents = from_raw(cp.latents, self.device)
+        # The sender's dtype need not be ours: latents take the dtype this family keeps them in here,
+        # floating conditioning this engine's dtype; integer tensors (masks, grids) stay as they are.
+        latent_dtype = self.family.latent_dtype(self.dtype)
+        latents = from_raw(cp.latents, self.device).to(latent_dtype)
         # The checkpoint holds the scheduler's whole state (timesteps included), so no pipeline loads
         # here: the stage that runs the next iteration loads its own denoiser, and only that one.
         scheduler = schedulers.make(job.sampler, self.scheduler_config)
-        schedulers.restore(scheduler, cp.scheduler_state, self.device)
+        schedulers.restore(scheduler, cp.scheduler_state, self.device, latent_dtype)
         generators = self._generators(cp.seeds)
         for g, state in zip(generators, cp.rng_states):
-            g.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-        cond = {k: from_raw(v, self.device) for k, v in cp.conditioning.items()}
+            try:
+                g.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+            except RuntimeError as e:
+                raise CheckpointError(
+                    f"checkpoint: RNG state of {len(state)} bytes is not a CPU generator's ({e})") from None
+        cond = {k: self._cast(from_raw(v, self.device)) for k, v in cp.conditioning.items()}
         return Live(job, cp.seeds, latents, cond, scheduler, generators, step=cp.step)
 
+    def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+
     def plain(self, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
-        """The uncut baseline: the whole pipeline, one ordinary call (tests and benchmarks)."""
+        """The uncut baseline: the whole pipeline, one ordinary call in this engine's memory mode
+        (tests and benchmarks)."""
         if "all" not in self.pipes:
-            pipe = self.family.pipeline_class.from_pretrained(str(self.folder), torch_dtype=self.dtype)
-            pipe.set_progress_bar_config(disable=True)
-            self.pipes["all"] = pipe.to(self.device)
+            pipe = self._load(None)
+            memory.place(pipe, self.placement, self.device)
+            memory.set_tiling(pipe, memory.parse(self.mode_used)[1])
+            self.pipes["all"] = pipe
         return self.family.plain(self.pipes["all"], job, samples)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from farm.jobs.catalog import get_model
+from farm.jobs.sources import weight_files
 from farm.pipelines.families import get_family
 from farm.pipelines.quiet import quiet_libraries
 
@@ -48,6 +49,20 @@ def builtin_folder(name: str, home: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+VARIANTS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def variant_for(folder: Path, components: set[str], dtype: torch.dtype) -> str | None:
+    """The weight variant to load in `dtype` ("fp16" or "bf16"): used where every component loaded
+    that has weight files has that variant (half the bytes to read, no cast on load); else None."""
+    variant = VARIANTS.get(dtype)
+    if variant is None:
+        return None
+    found = [weight_files(folder / c) for c in components if (folder / c).is_dir()]
+    found = [f for f in found if f]
+    return variant if found and all(variant in f for f in found) else None
 
 
 def pick_device() -> torch.device:

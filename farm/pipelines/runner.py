@@ -2,7 +2,10 @@
 directly (the GPU machines have no Ray).
 
 It keeps recently used models' engines (a node that runs the next segment of the same model pays
-no load), and turns a `SegmentTask` into a `SegmentResult`: checkpoint in, checkpoint out.
+no load, in whatever memory mode the segment asks for), and turns a `SegmentTask` into a
+`SegmentResult`: checkpoint in, checkpoint out. On a GPU it synchronises before reading a clock (CUDA
+calls return before the work is done) and reports the segment's peak allocated memory, which the
+cost model's per-node correction learns from.
 """
 
 from __future__ import annotations
@@ -36,27 +39,44 @@ class SegmentRunner:
         self.home = home
         self.device = device or pick_device()
         self.max_models = max_models
-        self.engines: OrderedDict[tuple[str, str], Engine] = OrderedDict()
+        self.engines: OrderedDict[str, Engine] = OrderedDict()
 
     def engine(self, model: str, memory_mode: str = "full") -> Engine:
-        """The engine for `model` held in `memory_mode`, creating it (and evicting the least
-        recently used) when needed."""
-        key = (model, memory_mode)
-        if key in self.engines:
-            self.engines.move_to_end(key)
-            return self.engines[key]
+        """The engine for `model`, held in `memory_mode` (a loaded model switches mode in memory),
+        creating it when needed; the least recently used engine is closed to make room."""
+        if model in self.engines:
+            self.engines.move_to_end(model)
+            engine = self.engines[model]
+            engine.use(memory_mode)
+            return engine
         while len(self.engines) >= self.max_models:
-            self.engines.popitem(last=False)
+            _, evicted = self.engines.popitem(last=False)
+            evicted.close()
         info = get_model(model)
         engine = Engine(get_family(info.family), builtin_folder(model, self.home), model, self.device,
                         memory_mode=memory_mode)
-        self.engines[key] = engine
+        self.engines[model] = engine
         return engine
+
+    def release(self) -> None:
+        """Close every loaded engine (its GPU memory goes back to the driver): a paused node frees its GPU."""
+        while self.engines:
+            _, engine = self.engines.popitem(last=False)
+            engine.close()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _peak_gib(self) -> float:
+        return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
 
     def run(self, task: SegmentTask, on_step: Callable[[int], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> SegmentResult:
         """Run the task's steps; `on_step(step)` after each whole step; `should_stop()` lets a pause
         end the segment early at a step boundary (the result then says where: `stopped_at`)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         began = time.perf_counter()
         job = task.job
         engine = self.engine(job.model, task.memory_mode)
@@ -69,22 +89,29 @@ class SegmentRunner:
                 on_step(step_of[evaluation])
         if task.checkpoint is None:
             if task.start != 0:
-                raise CheckpointError(f"segment {task.index} of {task.shard_id} starts at step {task.start} without a checkpoint")
+                raise CheckpointError(f"segment {task.index} of {task.shard_id} starts at step {task.start} "
+                                      "without a checkpoint")
             live = engine.encode(job, task.samples)
         else:
             cp = wire.decode(task.checkpoint)
             if cp.step != start or cp.seeds != tuple(s.seed for s in task.samples):
-                raise CheckpointError(f"checkpoint of {task.shard_id} is at evaluation {cp.step}, segment starts at {start}")
+                raise CheckpointError(f"checkpoint of {task.shard_id} is at evaluation {cp.step}, "
+                                      f"segment starts at {start}")
             live = engine.from_checkpoint(cp, job)
+        self._sync()
         denoise_began = time.perf_counter()
         live = engine.denoise(live, end, stepped, should_stop)
+        self._sync()
         common = dict(shard_id=task.shard_id, index=task.index, node=self.node.name, gpu=self.node.gpu,
-                      memory_mode=engine.mode_used, denoise_seconds=time.perf_counter() - denoise_began)
+                      memory_mode=engine.mode_used, denoise_seconds=time.perf_counter() - denoise_began,
+                      precision=engine.precision.describe(), loaded=tuple(self.engines))
         stopped_at = step_of[live.step] if live.step < end else None
         if task.last and stopped_at is None:
             images = tuple(a.tobytes() for a in engine.decode(live))
-            return SegmentResult(**common, seconds=time.perf_counter() - began, images=images)
+            self._sync()
+            return SegmentResult(**common, seconds=time.perf_counter() - began, images=images,
+                                 peak_gib=self._peak_gib())
         payload = wire.encode(engine.to_checkpoint(live))
         previews = preview_pngs(engine.family.spatial_latents(live), engine.family.name)
         return SegmentResult(**common, seconds=time.perf_counter() - began, checkpoint=payload, previews=previews,
-                             stopped_at=stopped_at)
+                             stopped_at=stopped_at, peak_gib=self._peak_gib())

@@ -43,6 +43,11 @@ OPTIONS: dict[str, dict[str, object]] = {
 SECOND_ORDER = {"heun", "dpm2"}
 # Configuration lives in `_internal_dict` and is rebuilt by from_config; the rest is state.
 _CONFIG = {"_internal_dict"}
+# The state key naming the attributes that lived on the CPU beside a model on an accelerator
+# (diffusers keeps `sigmas` there "to avoid too much CPU/GPU communication"); the rest lived on the
+# model's device. A CPU node cannot tell the two apart, so it names diffusers' CPU-side attributes.
+ON_CPU = "_farm_on_cpu"
+DIFFUSERS_CPU_SIDE = ("sigmas",)
 
 
 def make(sampler: str, base_config: dict) -> SchedulerMixin:
@@ -87,19 +92,45 @@ def _out(value: object, name: str) -> StateValue:
     raise TypeError(f"scheduler attribute {name!r} of type {type(value).__name__} cannot travel in a checkpoint")
 
 
-def _in(value: StateValue, device: torch.device) -> object:
+def _in(value: StateValue, device: torch.device, history: torch.dtype | None) -> object:
     if isinstance(value, RawTensor):
-        return from_raw(value, device)
+        tensor = from_raw(value, device)
+        # Multistep history (past model outputs, the last sample) has the latents' shape and dtype;
+        # schedules (sigmas, timesteps) are 1-D and keep theirs.
+        if history is not None and tensor.is_floating_point() and tensor.ndim >= 2:
+            tensor = tensor.to(history)
+        return tensor
     if isinstance(value, list):
-        return [_in(v, device) for v in value]
+        return [_in(v, device, history) for v in value]
     return value
 
 
-def capture(scheduler: SchedulerMixin) -> dict[str, StateValue]:
-    """Every mutable attribute of a scheduler, as checkpoint values."""
-    return {k: _out(v, k) for k, v in vars(scheduler).items() if k not in _CONFIG}
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
-def restore(scheduler: SchedulerMixin, state: dict[str, StateValue], device: torch.device) -> None:
+def capture(scheduler: SchedulerMixin, device: torch.device = torch.device("cpu")) -> dict[str, StateValue]:
+    """Every mutable attribute of a scheduler run beside a model on `device`, as checkpoint values,
+    with the names of those that lived on the CPU (`ON_CPU`)."""
+    state = {k: v for k, v in vars(scheduler).items() if k not in _CONFIG}
+    on_cpu = [k for k, v in state.items()
+              if (ts := _tensors(v)) and all(t.device.type == "cpu" for t in ts)
+              and (device.type != "cpu" or k in DIFFUSERS_CPU_SIDE)]
+    return {**{k: _out(v, k) for k, v in state.items()}, ON_CPU: sorted(on_cpu)}
+
+
+def restore(scheduler: SchedulerMixin, state: dict[str, StateValue], device: torch.device,
+            history: torch.dtype | None = None) -> None:
+    """Set a scheduler's state on a node whose model runs on `device`: each tensor goes back to the
+    side it was saved from (the CPU, or the model's device, whichever that is here), and history
+    tensors take the receiving node's latent dtype (`history`; None keeps the saved dtype)."""
+    raw_cpu = state.get(ON_CPU)
+    on_cpu = set(raw_cpu) if isinstance(raw_cpu, list) else set()
+    cpu = torch.device("cpu")
     for key, value in state.items():
-        setattr(scheduler, key, _in(value, device))
+        if key != ON_CPU:
+            setattr(scheduler, key, _in(value, cpu if key in on_cpu else device, history))

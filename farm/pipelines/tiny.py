@@ -32,7 +32,8 @@ MAX_TOKENS = 32
 
 def _byte_alphabet() -> list[str]:
     """The 256 printable stand-ins CLIP's byte-level BPE uses for raw bytes (GPT-2's table)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
     out = keep[:]
     extra = 0
     for b in range(256):

@@ -1,575 +1,441 @@
-"""The coordinator: owns the queue, asks the planner what runs where, and hands segments and their
-checkpoints between nodes until every sample of every job is written.
+"""The coordinator: the runner around the pure core. It turns RPCs, node results and agent reports
+into events (`farm.core.events`), folds them into the state with `apply`, asks `decide` what to do,
+and carries the actions out: segments started on nodes through the `Executor`, interrupts, outputs
+written through the `OutputSink`, blobs kept, every event journaled in the `Store`.
 
-It implements `FarmService` (the control contract of the CLI, the dashboard and the gRPC API) and
-imports no Ray and no torch: nodes are reached through an `Executor`, outputs through an
-`OutputSink`. One `tick` collects finished segments, applies them, and dispatches new ones; `start`
-runs ticks on a thread, `render` runs them until one job is final (the embedded CLI).
+It is the `FarmService` of the CLI, the dashboard and the gRPC API, and imports no Ray and no torch.
 
-Nothing a node does can lose work: a failed segment goes back to the queue with the checkpoint it
-started from (at most that one segment is redone), a lost node's shards resume on other nodes, and a
-paused node checkpoints at its next step boundary and hands the rest of its segment back.
+Nothing one node or one job does can stop it. A node's reply is checked before it becomes an event
+(right segment, a checkpoint that decodes, images of the job's size) and a bad one is a failed
+segment charged to the node it was sent to; an exception while handling one result or action is
+logged with its job and node, that segment goes back to the queue with the reason, and the loop
+goes on. If the loop itself stops, `serving` turns False and `on_health` says so.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
-from farm.contracts.control import Event, JobView, NodeShare, NodeStatus, NodeView, ShardView
-from farm.contracts.domain import (
-    JobSpec,
-    JobStatus,
-    NodeInfo,
-    NodeState,
-    NodeTally,
-    ReadySegment,
-    SegmentResult,
-    SegmentTask,
-    Shard,
-    StepRun,
-)
-from farm.contracts.errors import InvalidInput, NodeLost, NotFound
+from farm.contracts.control import OPERATOR_PAUSE, Event, JobView, NodeView, Pause
+from farm.contracts.domain import JobSpec, NodeInfo, SegmentResult, SegmentTask
+from farm.contracts.errors import CheckpointError, FarmError, NodeLost, NotFound
 from farm.contracts.ids import job_of_shard, new_job_id
 from farm.contracts.ports import Executor, OutputSink
-from farm.core import order as queue
-from farm.core import planner
-from farm.core.speed import SpeedBook
-from farm.core.transitions import FINAL, transition
-from farm.jobs import demand
+from farm.core import costmodel, views
+from farm.core import events as ev
+from farm.core.actions import Action, InterruptNode, ProbeNode, Record, StartSegment, WriteOutputs
+from farm.core.apply import apply
+from farm.core.decide import Decide, decide
+from farm.core.state import FarmState, NodeRecord, Settings
+from farm.core.transitions import ENDED, FINAL
 from farm.jobs.catalog import get_model
-from farm.runtime.store import Store, StoredJob
+from farm.jobs.demand import job_shape
+from farm.runtime.blobs import MemoryBlobs
+from farm.runtime.output_files import read_output
+from farm.runtime.store import Store
+from farm.wire import checkpoint_codec
 
-# A node that fails segments of one job this many times gets no more of that job's segments.
-BLOCKLIST_AFTER = 3
+log = logging.getLogger(__name__)
 EVENTS_KEPT = 10_000
+# Consecutive failed ticks after which the loop gives up and health says NOT_SERVING.
+MAX_BROKEN_TICKS = 5
+# How long the loop waits for a result when nothing happens: an idle head wakes once a second (leases,
+# probes); results and progress wake it at once, and commands are acted on by the thread that got them.
+LOOP_WAIT_S = 1.0
 
 
-@dataclass
-class ShardRun:
-    """A shard's progress: the next segment, the step it starts from, its checkpoint."""
+@dataclass(frozen=True)
+class InFlight:
+    """A segment handed to the executor: what was asked of whom, and when."""
 
-    shard: Shard
-    next_index: int = 0
-    step: int = 0  # next step to run: a paused segment resumes mid-way
-    checkpoint: bytes | None = None
-    runs: list[StepRun] = field(default_factory=list)
-    node: str = ""  # the node running it now
-    progress: int = 0  # the last step a node reported for the running segment
-
-    @property
-    def done(self) -> bool:
-        return self.next_index >= len(self.shard.bounds)
-
-    @property
-    def steps_done(self) -> int:
-        return max(self.step, self.progress) * self.shard.batch
+    task: SegmentTask
+    node: str
+    started: float
 
 
-@dataclass
-class JobState:
-    id: str
-    spec: JobSpec
-    seq: int
-    submitted_at: float
-    status: JobStatus = JobStatus.QUEUED
-    shards: dict[str, ShardRun] = field(default_factory=dict)
-    outputs: list[Path] = field(default_factory=list)
-    tallies: dict[str, NodeTally] = field(default_factory=dict)
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str = ""
-    failures: int = 0
-    node_failures: dict[str, int] = field(default_factory=dict)
-    next_shard: int = 0  # index of the next shard id: re-planned shards get new, unique ids
-
-    @property
-    def blocked(self) -> set[str]:
-        return {n for n, count in self.node_failures.items() if count >= BLOCKLIST_AFTER}
+def sample_bytes(job: JobSpec) -> int:
+    """Bytes of one decoded sample as nodes send it: RGB, 8 bits, every frame."""
+    return job.width * job.height * 3 * job.frames
 
 
-@dataclass
-class NodeRuntime:
-    info: NodeInfo
-    running: tuple[str, str] | None = None  # (job id, shard id)
-    paused: str = ""  # why, when paused
-    draining: bool = False
-    lost: bool = False
-    loaded: set[str] = field(default_factory=set)
-
-    @property
-    def status(self) -> NodeStatus:
-        if self.lost:
-            return NodeStatus.OFFLINE
-        if self.paused:
-            return NodeStatus.PAUSED
-        if self.draining:
-            return NodeStatus.DRAINING
-        return NodeStatus.BUSY if self.running else NodeStatus.IDLE
-
-    @property
-    def takes_work(self) -> bool:
-        return not (self.lost or self.paused or self.draining)
+class BadResult(FarmError):
+    """A node's reply that cannot be used; charged to the node the segment was sent to."""
 
 
 class Coordinator:
     """The farm's queue and scheduler loop (a `FarmService`)."""
 
     def __init__(self, executor: Executor, sink: OutputSink, *, max_failures: int = 5,
-                 max_segment_steps: int | None = planner.DEFAULT_SEGMENT_STEPS,
-                 segment_seconds: float = planner.SEGMENT_SECONDS, clock: Callable[[], float] = time.time,
-                 store: Store | None = None) -> None:
+                 max_segment_steps: int | None = None, segment_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.time, store: Store | None = None, decide: Decide = decide,
+                 on_health: Callable[[bool], None] | None = None) -> None:
         self.executor = executor
         self.sink = sink
-        self.max_failures = max_failures
-        self.max_segment_steps = max_segment_steps
-        self.segment_seconds = segment_seconds
         self.clock = clock
-        self.speeds = SpeedBook()
-        self.used: dict[str, float] = {}  # GPU-seconds per owner, for fair share
-        self.jobs: dict[str, JobState] = {}
-        self.nodes = {n.name: NodeRuntime(n) for n in executor.nodes()}
-        self.inflight: dict[object, tuple[str, str, str, int, int]] = {}  # handle -> job, shard, node, start, end
-        # The latest preview PNG of each (job id, sample index) still in progress, for dashboards.
+        self.store = store
+        self.blobs = store.blobs if store is not None else MemoryBlobs()
+        self._decide = decide
+        self.on_health = on_health
+        self.serving = True
+        self.inflight: dict[object, InFlight] = {}
+        self.probes: dict[object, str] = {}  # handle -> node: health probes out
+        # The latest preview PNG of each (job id, sample index) still rendering: display only.
         self.previews: dict[tuple[str, int], bytes] = {}
-        self._seq = 0
-        self._events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self._activity: deque[Event] = deque(maxlen=EVENTS_KEPT)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._replan = False
-        self.store = store
+        self._collect = True
+        settings = Settings(max_failures=max_failures, max_segment_steps=max_segment_steps,
+                            segment_seconds=segment_seconds)
+        self.state = FarmState(settings=settings)
         if store is not None:
-            self._events.extend(store.load_events(EVENTS_KEPT))
-            for stored in store.load_jobs():
-                self.jobs[stored.id] = self._restore(stored)
-                self._seq = max(self._seq, stored.seq)
+            self._activity.extend(store.load_activity(EVENTS_KEPT))
+            self.state = replace(store.restore(self.state), settings=settings)
+            for job in self.state.jobs.values():  # a real model's cost profile is read from its files again
+                if job.status not in FINAL:
+                    try:
+                        get_model(job.spec.model)
+                    except FarmError as e:
+                        log.warning("job %s: %s", job.id, e)
+        now = self.clock()
+        infos = executor.nodes()
+        here = {n.name for n in infos}
+        for node in [n for n in self.state.nodes.values() if n.info.name not in here and not n.offline]:
+            self._handle(ev.NodeLeft(now, node.info.name, "the head restarted; its worker has not reconnected yet"))
+        for info in infos:  # a fresh worker: whatever ran before a restart runs no more
+            self._handle(ev.NodeJoined(now, info))
+        self._act()  # the first probes go out: a node takes work once its worker answers
 
-    def _restore(self, stored: StoredJob) -> JobState:
-        """A job as the store left it: segments that were running when the head stopped are simply
-        not running now, and resume from the shard's last stored checkpoint."""
-        job = JobState(stored.id, stored.spec, stored.seq, stored.submitted_at, stored.status,
-                       started_at=stored.started_at, finished_at=stored.finished_at, error=stored.error,
-                       failures=stored.failures, node_failures=dict(stored.node_failures),
-                       outputs=[Path(p) for _, p in stored.outputs], tallies={n: NodeTally() for n in self.nodes})
-        for s in stored.shards:
-            run = ShardRun(s.shard, s.next_index, s.step, s.checkpoint, list(s.runs), progress=s.step)
-            job.shards[s.shard.id] = run
-            job.next_shard = max(job.next_shard, int(s.shard.id.removeprefix(f"{stored.id}/s")) + 1)
-            for r in s.runs:
-                tally = job.tallies.setdefault(r.node, NodeTally())
-                tally.segments += 1
-                tally.steps += (r.end - r.start) * s.shard.batch
-                tally.shard_ids.add(s.shard.id)
-                tally.shards = len(tally.shard_ids)
-            if run.done and s.runs:
-                job.tallies[s.runs[-1].node].samples += s.shard.batch
-        return job
+    # ----- events in ----------------------------------------------------------------------------
 
-    def _save(self, job: JobState) -> None:
-        if self.store is not None:
-            self.store.update_job(job.id, spec=job.spec, seq=job.seq, status=job.status, started_at=job.started_at,
-                                  finished_at=job.finished_at, error=job.error, failures=job.failures,
-                                  node_failures=job.node_failures)
-
-    # ----- events -------------------------------------------------------------------------------
+    def _handle(self, event: ev.Event) -> FarmState:
+        """Apply, journal, describe, notify. Raises (and changes nothing) for a refused command."""
+        with self._changed:
+            before = self.state
+            self.state = apply(before, event)
+            if self.store is not None:
+                try:
+                    self.store.append(event, self.state)
+                except Exception:  # the farm goes on in memory; the next snapshot catches up
+                    log.exception("could not journal %s", type(event).__name__)
+            for kind, job_id, node, message in views.activity(before, self.state, event):
+                self._emit(kind, job_id, node, message)
+            if isinstance(event, (ev.SegmentFinished, ev.OutputsWritten, ev.JobCancelled, ev.NodeLeft)):
+                self._collect = True
+            self._changed.notify_all()
+            return self.state
 
     def _emit(self, kind: str, job_id: str = "", node: str = "", message: str = "") -> None:
-        seq = self._events[-1].seq + 1 if self._events else 1
+        seq = self._activity[-1].seq + 1 if self._activity else 1
         event = Event(seq, self.clock(), kind, job_id, node, message)
-        self._events.append(event)
+        self._activity.append(event)
         if self.store is not None:
-            self.store.add_event(event)
-        self._changed.notify_all()
+            try:
+                self.store.add_activity(event)
+            except Exception:
+                log.exception("could not store the activity log")
 
     def events(self, after: int, timeout: float = 0.0) -> list[Event]:
         with self._changed:
-            self._changed.wait_for(lambda: bool(self._events) and self._events[-1].seq > after, timeout)
-            return [e for e in self._events if e.seq > after]
+            self._changed.wait_for(lambda: bool(self._activity) and self._activity[-1].seq > after, timeout)
+            return [e for e in self._activity if e.seq > after]
 
     # ----- jobs ---------------------------------------------------------------------------------
 
-    def _job(self, job_id: str) -> JobState:
-        try:
-            return self.jobs[job_id]
-        except KeyError:
-            raise NotFound("job", f"no job {job_id!r}") from None
-
-    def _context(self, skip: Collection[str] = ()) -> planner.PlanContext:
-        """What the planner knows: learned speeds, loaded models, and each node's queued home work
-        (leaving out the shards in `skip`, which are being planned again)."""
-        started = [
-            (r.shard, demand.demand_of(j.spec, get_model(j.spec.model)).shape, r.step)
-            for j in self.jobs.values() if j.status not in FINAL for r in j.shards.values()
-            if not r.done and r.shard.id not in skip
-        ]
-        infos = [n.info for n in self.nodes.values() if not n.lost]
-        return planner.PlanContext(
-            speeds=self.speeds,
-            segment_seconds=self.segment_seconds,
-            backlog=planner.backlog_seconds(started, infos, self.speeds),
-            loaded={name: frozenset(n.loaded) for name, n in self.nodes.items()},
-        )
-
-    def submit(self, spec: JobSpec, job_id: str | None = None) -> str:
-        """Queue a validated job; refuses (DoesNotFit) one no node can hold, storing nothing."""
+    def submit(self, spec: JobSpec, job_id: str | None = None, shape: costmodel.Shape | None = None) -> str:
+        """Queue a validated job; refuses (DoesNotFit) one no node can hold, storing nothing. `shape`
+        overrides what the catalog costs the model as (the simulator's full-size jobs)."""
+        shape = shape or job_shape(spec)
         with self._lock:
+            budgets = [n.info.vram_gib for n in self.state.nodes.values() if not n.offline]
+            costmodel.check_fits(shape, budgets)
+            now = self.clock()
             if job_id is None:
-                job_id = new_job_id(self.clock())
-                while job_id in self.jobs:  # 16 random bits per second: rare, but a busy queue meets it
-                    job_id = new_job_id(self.clock())
-            infos = [n.info for n in self.nodes.values() if not n.lost]
-            shards = demand.shard_job(job_id, spec, get_model(spec.model), infos, self.max_segment_steps,
-                                       context=self._context())
-            if job_id in self.jobs:
-                raise InvalidInput("job", f"a job {job_id!r} exists already")
-            self._seq += 1
-            job = JobState(job_id, spec, self._seq, self.clock(), shards={s.id: ShardRun(s) for s in shards},
-                           tallies={name: NodeTally() for name in self.nodes}, next_shard=len(shards))
-            if self.store is not None:
-                self.store.add_job(job_id, job.seq, spec, job.submitted_at, shards)
-            self.jobs[job_id] = job
-            self._replan = True  # place it together with every other job's unstarted work
-            self._emit("job_submitted", job_id, message=f"{len(spec.samples())} samples in {len(shards)} shards")
+                job_id = new_job_id(now)
+                while job_id in self.state.jobs:  # 16 random bits per second: rare, but a busy queue meets it
+                    job_id = new_job_id(now)
+            self._handle(ev.JobSubmitted(now, job_id, spec, shape))
+            self._nudge()
             return job_id
-
-    def _set_status(self, job: JobState, status: JobStatus, message: str = "") -> None:
-        job.status = transition(job.id, job.status, status)
-        if status in FINAL or status == JobStatus.FAILED:
-            job.finished_at = self.clock()
-        self._save(job)
-        self._emit(f"job_{status}", job.id, message=message)
 
     def cancel_job(self, job_id: str) -> None:
         with self._lock:
-            job = self._job(job_id)
-            self._set_status(job, JobStatus.CANCELLED)
+            self._handle(ev.JobCancelled(self.clock(), job_id))
+            self._nudge()
             for key in [k for k in self.previews if k[0] == job_id]:
                 del self.previews[key]
 
     def pause_job(self, job_id: str) -> None:
-        with self._lock:
-            self._set_status(self._job(job_id), JobStatus.PAUSED)
+        self._handle(ev.JobPaused(self.clock(), job_id))
+        self._nudge()
 
     def resume_job(self, job_id: str) -> None:
-        with self._lock:
-            job = self._job(job_id)
-            if job.status != JobStatus.PAUSED:
-                raise InvalidInput("job", f"{job_id} is {job.status}, not paused")
-            self._set_status(job, JobStatus.RUNNING if job.started_at else JobStatus.QUEUED)
+        self._handle(ev.JobResumed(self.clock(), job_id))
+        self._nudge()
 
     def retry_job(self, job_id: str) -> None:
         """Run a failed job again from its shards' last checkpoints (finished samples stay)."""
-        with self._lock:
-            job = self._job(job_id)
-            if job.status != JobStatus.FAILED:
-                raise InvalidInput("job", f"{job_id} is {job.status}; only a failed job can be retried")
-            job.failures, job.node_failures, job.error = 0, {}, ""
-            job.finished_at = None
-            self._set_status(job, JobStatus.RUNNING if job.started_at else JobStatus.QUEUED)
+        self._handle(ev.JobRetried(self.clock(), job_id))
+        self._nudge()
 
     def set_priority(self, job_id: str, priority: int) -> None:
-        if isinstance(priority, bool) or not isinstance(priority, int) or not -100 <= priority <= 100:
-            raise InvalidInput("priority", f"must be a whole number from -100 to 100, got {priority!r}")
-        with self._lock:
-            job = self._job(job_id)
-            job.spec = replace(job.spec, priority=priority)
-            self._save(job)
-            self._emit("job_moved", job_id, message=f"priority {priority}")
+        self._handle(ev.JobReprioritised(self.clock(), job_id, priority))
+        self._nudge()
 
     def move_job(self, job_id: str, offset: int) -> None:
         """Move `offset` places (negative: earlier) among waiting jobs of the same priority."""
-        with self._lock:
-            job = self._job(job_id)
-            peers = sorted((j for j in self.jobs.values()
-                            if j.status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
-                            and j.spec.priority == job.spec.priority), key=lambda j: j.seq)
-            if job not in peers:
-                raise InvalidInput("job", f"{job_id} is {job.status}; only waiting jobs move")
-            at = peers.index(job)
-            to = min(max(at + offset, 0), len(peers) - 1)
-            if to != at:
-                seqs = [j.seq for j in peers]
-                peers.insert(to, peers.pop(at))
-                for peer, seq in zip(peers, seqs):
-                    peer.seq = seq
-                    self._save(peer)
-                self._emit("job_moved", job_id, message=f"position {at + 1} -> {to + 1}")
-
-    def _queue_order(self) -> list[str]:
-        """Ids of the waiting jobs in queue order: priority, then fair share, then first in first out."""
-        waiting = [j for j in self.jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
-        return queue.order_jobs([queue.QueuedJob(j.id, j.spec.owner, j.spec.priority, j.seq) for j in waiting],
-                                self.used)
-
-    def _position(self, job_id: str) -> int:
-        order = self._queue_order()
-        return order.index(job_id) + 1 if job_id in order else 0
-
-    def _view(self, job: JobState, position: int = 0) -> JobView:
-        total = len(job.spec.samples()) * job.spec.steps
-        done = sum(r.steps_done for r in job.shards.values())
-        eta = None
-        if job.started_at and done and job.status == JobStatus.RUNNING:
-            eta = (self.clock() - job.started_at) / done * (total - done)
-        return JobView(
-            id=job.id, spec=job.spec, status=job.status, samples_done=len(job.outputs),
-            samples_total=len(job.spec.samples()), steps_done=done, steps_total=total,
-            submitted_at=job.submitted_at, position=position, started_at=job.started_at,
-            finished_at=job.finished_at, eta_s=eta, error=job.error, outputs=tuple(str(p) for p in job.outputs),
-            shards=tuple(ShardView(r.shard.id, r.shard.home, r.shard.sample_indices, r.shard.bounds,
-                                   r.shard.bounds[-1][1] if r.done else max(r.step, r.progress), r.node,
-                                   r.shard.memory_mode) for r in job.shards.values()),
-            shares=tuple(NodeShare(name, t.samples, t.shards, t.segments, t.steps, t.seconds)
-                         for name, t in job.tallies.items()),
-        )
+        self._handle(ev.JobMoved(self.clock(), job_id, offset))
+        self._nudge()
 
     def get_job(self, job_id: str) -> JobView:
         with self._lock:
-            return self._view(self._job(job_id), self._position(job_id))
+            state = self.state
+        job = state.jobs.get(job_id)
+        if job is None:
+            raise NotFound("job", f"no job {job_id!r}")
+        return views.job_view(state, job, views.positions(state).get(job_id, 0))
 
     def list_jobs(self) -> list[JobView]:
         with self._lock:
-            position = {job_id: i + 1 for i, job_id in enumerate(self._queue_order())}
-            return [self._view(j, position.get(j.id, 0)) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
+            state = self.state
+        return views.job_views(state)
+
+    def read_output(self, job_id: str, index: int) -> bytes:
+        """The bytes of output `index` of a job, as written (for a client on another PC)."""
+        return read_output(self.get_job(job_id), index)
 
     def preview(self, job_id: str, sample: int) -> bytes | None:
         with self._lock:
-            self._job(job_id)
+            self.get_job(job_id)
             return self.previews.get((job_id, sample))
 
     # ----- nodes --------------------------------------------------------------------------------
 
-    def _node(self, name: str) -> NodeRuntime:
-        try:
-            return self.nodes[name]
-        except KeyError:
-            raise NotFound("node", f"no node {name!r}; nodes: {', '.join(sorted(self.nodes))}") from None
-
     def list_nodes(self) -> list[NodeView]:
         with self._lock:
-            out = []
-            for name, n in self.nodes.items():
-                segment, step, total = "", 0, 0
-                if n.running:
-                    run = self.jobs[n.running[0]].shards[n.running[1]]
-                    start, end = run.step, run.shard.bounds[run.next_index][1]
-                    segment, step, total = f"{run.shard.id}#{run.next_index} steps {start}-{end}", run.progress, end
-                out.append(NodeView(n.info, n.status, segment, step, total, loaded=tuple(sorted(n.loaded)),
-                                    pause_reason=n.paused))
-            return out
+            state = self.state
+        return views.node_views(state)
+
+    def node(self, name: str) -> NodeRecord | None:
+        return self.state.nodes.get(name)
 
     def node_joined(self, info: NodeInfo) -> None:
-        """A node (re)joins: a new PC, or one that crashed and came back (it holds no model now)."""
+        """A node (re)joins with a fresh worker: a new PC, or one whose worker started again. Replies
+        still due from its old worker are no longer waited for (a late one would be about the old)."""
         with self._lock:
-            node = self.nodes.get(info.name)
-            if node is None:
-                self.nodes[info.name] = NodeRuntime(info)
-            else:
-                node.info, node.lost, node.loaded = info, False, set()
-            self._emit("node_joined", node=info.name, message=f"{info.vram_gib:g} GiB, speed {info.speed:g}")
+            self._handle(ev.NodeJoined(self.clock(), info))
+            self.inflight = {h: f for h, f in self.inflight.items() if f.node != info.name}
+            self.probes = {h: n for h, n in self.probes.items() if n != info.name}
+            self._nudge()
 
     def node_left(self, name: str, reason: str) -> None:
-        """A node is gone (its agent or raylet stopped answering); its segment comes back as NodeLost."""
-        with self._lock:
-            node = self._node(name)
-            node.lost, node.loaded = True, set()
-            self._emit("node_lost", node=name, message=reason)
+        """A node is gone (its agent or worker stopped answering): its segment resumes elsewhere."""
+        self._handle(ev.NodeLeft(self.clock(), name, reason))
+        self._nudge()
 
-    def pause_node(self, name: str, reason: str = "paused by operator") -> None:
-        """No new work; a running segment checkpoints at its next step boundary and comes back."""
-        with self._lock:
-            node = self._node(name)
-            node.paused = reason
-            if node.running:
-                self.executor.interrupt(name)
-            self._emit("node_paused", node=name, message=reason)
+    def pause_node(self, name: str, pause: Pause = OPERATOR_PAUSE) -> None:
+        """No new work; a running segment checkpoints at its next step boundary (the loop's next tick
+        asks the node) and comes back."""
+        self._handle(ev.NodePaused(self.clock(), name, pause))
+        self._nudge()
 
     def drain_node(self, name: str) -> None:
         """Finish the running segment, then take no more work."""
-        with self._lock:
-            self._node(name).draining = True
-            self._emit("node_draining", node=name)
+        self._handle(ev.NodeDrained(self.clock(), name))
+        self._nudge()
 
     def resume_node(self, name: str) -> None:
-        with self._lock:
-            node = self._node(name)
-            if node.lost:
-                raise InvalidInput("node", f"{name} is offline")
-            node.paused, node.draining = "", False
-            self._emit("node_resumed", node=name)
+        self._handle(ev.NodeResumed(self.clock(), name))
+        self._nudge()
+
+    def remove_node(self, name: str) -> None:
+        """Forget a node; its segment resumes elsewhere from its last checkpoint."""
+        self._handle(ev.NodeRemoved(self.clock(), name))
+        self._nudge()
 
     # ----- the loop -----------------------------------------------------------------------------
 
     def tick(self, timeout: float = 0.1) -> None:
-        """Collect finished segments (waiting up to `timeout`), apply them, dispatch new ones."""
+        """Collect finished segments (waiting up to `timeout`), apply them, carry out what `decide` says."""
         finished = self.executor.wait(timeout)
         with self._lock:
-            for event in self.executor.step_events():
-                node = self.nodes.get(event.node)
-                if node and node.running and node.running[1] == event.shard_id:
-                    self.jobs[node.running[0]].shards[event.shard_id].progress = event.step
+            now = self.clock()
+            for step in self.executor.step_events():
+                self._contained(lambda s=step: self._handle(ev.SegmentProgressed(now, s.shard_id, s.node, s.step)),
+                                node=step.node)
             for handle, outcome in finished:
-                self._apply(handle, outcome)
-            self._dispatch()
+                if handle in self.probes:
+                    node = self.probes.pop(handle)
+                    self._contained(lambda n=node, o=outcome: self._answered(n, o), node=node)
+                    continue
+                flight = self.inflight.pop(handle, None)
+                if flight is not None:
+                    self._contained(lambda f=flight, o=outcome: self._outcome(f, o), flight)
+            self._act()
 
-    def _plan_again(self) -> None:
-        """Take back every unstarted shard of the waiting jobs and place all their samples at once
-        (`planner.plan_queue`): jobs that fit few cards and long videos first, each later sample where
-        it finishes first behind them. Runs when a job arrives or a node runs out of its own work."""
-        self._replan = False
-        unstarted = {
-            job_id: [r for r in self.jobs[job_id].shards.values()
-                     if r.next_index == 0 and r.step == 0 and not r.node and r.checkpoint is None]
-            for job_id in self._queue_order()
-        }
-        demands = []
-        for job_id, runs in unstarted.items():
-            if runs:
-                job = self.jobs[job_id]
-                samples = tuple(sorted(i for r in runs for i in r.shard.sample_indices))
-                need = demand.demand_of(job.spec, get_model(job.spec.model))
-                demands.append((job_id, replace(need, samples=samples, first_shard=job.next_shard)))
-        if not demands:
-            return
-        skip = {r.shard.id for runs in unstarted.values() for r in runs}
-        infos = [n.info for n in self.nodes.values() if not n.lost]
-        plans = planner.plan_queue(demands, infos, self.max_segment_steps, context=self._context(skip))
-        for job_id, shards in plans.items():
-            job = self.jobs[job_id]
-            old = [r.shard.id for r in unstarted[job_id]]
-            for shard_id in old:
-                del job.shards[shard_id]
-            job.shards.update({s.id: ShardRun(s) for s in shards})
-            job.next_shard += len(shards)
-            if self.store is not None:
-                self.store.replace_shards(job_id, old, shards)
+    def _nudge(self) -> None:
+        """Act on a command now rather than at the loop's next wake-up (only while a loop runs: a
+        farm driven tick by tick, as in `finish`, acts at its next tick)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._act()
 
-    def _dispatch(self) -> None:
-        if self._replan:
-            self._plan_again()
-        order = self._queue_order()
-        ready = [
-            ReadySegment(r.shard.id, r.next_index, r.shard.home, r.shard.need_gib, job_id, j.spec.model,
-                         j.spec.priority, r.shard.needs)
-            for job_id in order for j in (self.jobs[job_id],) for r in j.shards.values() if not r.done and not r.node
-        ]
-        if not ready:
-            return
-        ready = queue.order_ready(ready, order)
-        # Jobs that blocklisted some nodes are planned with those nodes looking busy; groups go in the
-        # queue order of their first segment.
-        groups: dict[frozenset[str], list[ReadySegment]] = {}
-        for seg in ready:
-            groups.setdefault(frozenset(self.jobs[queue.job_of(seg)].blocked), []).append(seg)
-        taken: set[str] = set()
-        for blocked, segs in groups.items():
-            table = [NodeState(n.info, busy=n.running is not None or n.info.name in taken or n.info.name in blocked,
-                               online=n.takes_work, loaded=frozenset(n.loaded)) for n in self.nodes.values()]
-            for a in planner.plan_tick(segs, table):
-                job = self.jobs[job_of_shard(a.shard_id)]
-                self._start(job, job.shards[a.shard_id], a.node, a.memory_mode)
-                taken.add(a.node)
+    def _act(self) -> None:
+        with self._lock:
+            try:
+                actions = self._decide(self.state, self.clock())
+            except Exception:
+                log.exception("the scheduler failed to decide; trying again at the next tick")
+                return
+            for action in actions:
+                self._contained(lambda a=action: self._carry_out(a), node=getattr(action, "node", ""),
+                                shard_id=getattr(action, "shard_id", ""))
+            if self._collect:
+                self._collect = False
+                self._contained(lambda: self.blobs.collect(self.state.blobs()))
 
-    def _start(self, job: JobState, run: ShardRun, node: str, mode: str) -> None:
-        samples = job.spec.samples()
-        end = run.shard.bounds[run.next_index][1]
-        task = SegmentTask(job.spec, run.shard.id, tuple(samples[i] for i in run.shard.sample_indices),
-                           run.next_index, run.step, end, run.checkpoint, mode or run.shard.memory_mode)
-        handle = self.executor.submit(node, task)
-        self.inflight[handle] = (job.id, run.shard.id, node, run.step, end)
-        run.node, run.progress = node, run.step
-        self.nodes[node].running = (job.id, run.shard.id)
-        if job.status == JobStatus.QUEUED:
-            job.started_at = job.started_at or self.clock()
-            self._set_status(job, JobStatus.RUNNING)
-        self._emit("segment_started", job.id, node, f"{run.shard.id}#{run.next_index} steps {run.step}-{end}")
+    def _contained(self, fn: Callable[[], object], flight: InFlight | None = None, node: str = "",
+                   shard_id: str = "") -> None:
+        """Run one handler; a failure is logged with its job and node, and the segment concerned goes
+        back to the queue with the reason, so the loop goes on with everything else."""
+        try:
+            fn()
+        except Exception as e:
+            node = flight.node if flight else node
+            shard_id = flight.task.shard_id if flight else shard_id
+            log.exception("handling %s on node %s failed", shard_id or "the farm", node or "-")
+            if shard_id and node:
+                try:
+                    self._handle(ev.SegmentFailed(self.clock(), shard_id, node, f"{type(e).__name__}: {e}"))
+                except Exception:
+                    log.exception("could not requeue %s", shard_id)
 
-    def _apply(self, handle: object, outcome: SegmentResult | BaseException) -> None:
-        job_id, shard_id, node_name, start, end = self.inflight.pop(handle)
-        job, node = self.jobs[job_id], self.nodes[node_name]
-        run = job.shards[shard_id]
-        node.running, run.node, run.progress = None, "", run.step
+    def _carry_out(self, action: Action) -> None:
+        now = self.clock()
+        match action:
+            case Record(event=event):
+                self._handle(event)
+            case StartSegment():
+                self._start(action, now)
+            case InterruptNode(node=node):
+                self.executor.interrupt(node)
+                self._handle(ev.NodeInterrupted(now, node))
+            case ProbeNode(node=node):
+                self._handle(ev.NodeProbed(now, node))
+                if node in self.probes.values():
+                    return  # the last probe is still out (a worker that cannot be reached): wait for it
+                try:
+                    self.probes[self.executor.probe(node)] = node
+                except Exception as e:  # no worker to ask
+                    self._handle(ev.NodeLeft(now, node, f"Ray worker unreachable: {e}"))
+            case WriteOutputs():
+                self._write(action, now)
+
+    def _answered(self, node: str, outcome: object) -> None:
+        now = self.clock()
         if isinstance(outcome, BaseException):
-            self._failed(job, run, node, outcome)
-            return
-        node.loaded.add(job.spec.model)
-        if job.status in FINAL:
-            return  # cancelled while the segment ran: its result is not wanted
-        reached = end if outcome.stopped_at is None else outcome.stopped_at
-        self._record(job, run, outcome, start, reached)
-        if outcome.stopped_at is not None:
-            run.step, run.checkpoint = reached, outcome.checkpoint
-            self._persist(run)
-            self._emit("segment_paused", job.id, node.info.name, f"{shard_id} checkpointed at step {reached}")
-            return
-        run.next_index += 1
-        run.step, run.checkpoint = end, outcome.checkpoint
-        written = self._deliver(job, run, outcome) if run.done else []
-        if run.done and not self._home_work(run.shard.home):
-            self._replan = True  # that node ran out of its own work: the last plan's speeds were off
-        self._persist(run, [(job.id, index, str(path)) for index, path in written])
-        self._emit("segment_finished", job.id, node.info.name, f"{shard_id}#{outcome.index} in {outcome.seconds:.1f}s")
-        if run.done and all(r.done for r in job.shards.values()):
-            self._set_status(job, JobStatus.DONE, f"{len(job.outputs)} outputs")
+            reason = outcome.args[1] if isinstance(outcome, NodeLost) and len(outcome.args) > 1 else str(outcome)
+            self._handle(ev.NodeLeft(now, node, f"Ray worker unreachable: {reason or type(outcome).__name__}"))
+        else:
+            self._handle(ev.NodeReady(now, node))
 
-    def _home_work(self, node: str) -> bool:
-        return any(r.shard.home == node and not r.done for j in self.jobs.values()
-                   if j.status in (JobStatus.QUEUED, JobStatus.RUNNING) for r in j.shards.values())
-
-    def _persist(self, run: ShardRun, outputs: list[tuple[str, int, str]] = ()) -> None:
-        if self.store is not None:
-            self.store.advance_shard(run.shard.id, run.next_index, run.step, run.checkpoint, run.runs, list(outputs))
-
-    def _record(self, job: JobState, run: ShardRun, result: SegmentResult, start: int, end: int) -> None:
-        """Provenance, per-node tallies, learned speed and the owner's GPU-seconds."""
-        if end > start:
-            run.runs.append(StepRun(result.node, result.gpu, start, end, result.memory_mode))
-            shape = demand.demand_of(job.spec, get_model(job.spec.model)).shape
-            # Learn from the steps alone; a result without that timing (older node) counts whole.
-            seconds = result.denoise_seconds or result.seconds
-            self.speeds = self.speeds.observe(result.node, shape, run.shard.batch, end - start, seconds)
-        tally = job.tallies.setdefault(result.node, NodeTally())
-        tally.segments += 1
-        tally.seconds += result.seconds
-        tally.steps += (end - start) * run.shard.batch
-        tally.shard_ids.add(run.shard.id)
-        tally.shards = len(tally.shard_ids)
-        self.used[job.spec.owner] = self.used.get(job.spec.owner, 0.0) + result.seconds
-        for index, png in zip(run.shard.sample_indices, result.previews):
-            self.previews[(job.id, index)] = png
-
-    def _deliver(self, job: JobState, run: ShardRun, result: SegmentResult) -> list[tuple[int, Path]]:
-        """Write the shard's outputs (each once: temp name, then rename) and count them."""
+    def _start(self, a: StartSegment, now: float) -> None:
+        job = self.state.jobs[job_of_shard(a.shard_id)]
+        shard = job.shards[a.shard_id].shard
         samples = job.spec.samples()
-        written = []
-        for index, rgb in zip(run.shard.sample_indices, result.images, strict=True):
-            self.previews.pop((job.id, index), None)
-            path = self.sink.write(job.id, job.spec, samples[index], rgb, run.runs)
-            job.outputs.append(path)
-            written.append((index, path))
-        job.tallies.setdefault(result.node, NodeTally()).samples += len(result.images)
-        return written
-
-    def _failed(self, job: JobState, run: ShardRun, node: NodeRuntime, error: BaseException) -> None:
-        """The segment goes back to the queue with the checkpoint it started from."""
-        name = node.info.name
-        if isinstance(error, NodeLost):
-            node.lost, node.loaded = True, set()
-            self._emit("node_lost", job.id, name, str(error))
+        checkpoint = self.blobs.get(a.checkpoint) if a.checkpoint is not None else None
+        task = SegmentTask(job.spec, a.shard_id, tuple(samples[i] for i in shard.sample_indices), a.index, a.start,
+                           a.end, checkpoint, a.mode)
+        try:
+            handle = self.executor.submit(a.node, task)
+        except Exception as e:  # its actor is gone: the node is, as far as the farm can tell
+            self._handle(ev.NodeLeft(now, a.node, f"cannot reach its worker: {e}"))
             return
-        job.failures += 1
-        job.node_failures[name] = job.node_failures.get(name, 0) + 1
-        self._save(job)
-        self._emit("segment_failed", job.id, name, f"{run.shard.id}: {error}")
-        if job.status not in FINAL and job.failures >= self.max_failures:
-            job.error = f"{job.failures} failed segments, last on {name}: {error}"
-            self._set_status(job, JobStatus.FAILED, job.error)
+        self.inflight[handle] = InFlight(task, a.node, now)
+        self._handle(ev.SegmentStarted(now, a.shard_id, a.index, a.node, a.start, a.end, a.mode))
+
+    def _outcome(self, flight: InFlight, outcome: SegmentResult | BaseException) -> None:
+        now = self.clock()
+        task = flight.task
+        if isinstance(outcome, NodeLost):
+            self._handle(ev.SegmentLost(now, task.shard_id, flight.node, str(outcome)))
+            self._handle(ev.NodeLeft(now, flight.node, str(outcome)))
+            return
+        if isinstance(outcome, BaseException):
+            self._handle(ev.SegmentFailed(now, task.shard_id, flight.node, str(outcome) or type(outcome).__name__))
+            return
+        try:
+            self._handle(self._accept(flight, outcome, now))
+        except BadResult as e:
+            self._handle(ev.SegmentFailed(now, task.shard_id, flight.node, f"bad result: {e}"))
+
+    def _accept(self, flight: InFlight, r: SegmentResult, now: float) -> ev.SegmentFinished:
+        """A node's reply checked and turned into an event: attributed to the node it was sent to,
+        its durations bounded by the head's own clock, its blobs stored."""
+        task = flight.task
+        if not isinstance(r, SegmentResult) or r.shard_id != task.shard_id or r.index != task.index:
+            raise BadResult(f"a reply for another segment ({getattr(r, 'shard_id', '?')}#{getattr(r, 'index', '?')})")
+        stopped = r.stopped_at is not None
+        reached = r.stopped_at if stopped else task.end
+        if not isinstance(reached, int) or not task.start <= reached <= task.end:
+            raise BadResult(f"stopped at step {reached!r}, outside {task.start}-{task.end}")
+        checkpoint = result = None
+        if task.last and not stopped:
+            size = sample_bytes(task.job)
+            images = tuple(r.images)
+            if len(images) != len(task.samples) or any(not isinstance(i, bytes) or len(i) != size for i in images):
+                raise BadResult(f"expected {len(task.samples)} images of {size} bytes, got "
+                                f"{[len(i) if isinstance(i, bytes) else type(i).__name__ for i in images]}")
+            result = self.blobs.put(b"".join(images))
+        else:
+            if not isinstance(r.checkpoint, bytes):
+                raise BadResult("no checkpoint")
+            try:
+                cp = checkpoint_codec.decode(r.checkpoint)
+            except CheckpointError as e:
+                raise BadResult(f"its checkpoint does not decode: {e}") from None
+            seeds = tuple(s.seed for s in task.samples)
+            if (cp.model, cp.step, cp.steps, cp.seeds) != (task.job.model, reached, task.job.steps, seeds):
+                raise BadResult(f"its checkpoint is of {cp.model} step {cp.step}/{cp.steps} seeds {cp.seeds[:4]}, "
+                                f"not of this shard at step {reached}")
+            checkpoint = self.blobs.put(r.checkpoint)
+        elapsed = max(0.0, now - flight.started)
+        seconds = min(max(0.0, float(r.seconds)), elapsed)
+        denoise = min(max(0.0, float(r.denoise_seconds)), seconds)
+        for sample, png in zip(task.samples, r.previews):
+            if isinstance(png, bytes):
+                self.previews[(job_of_shard(task.shard_id), sample.index)] = png
+        return ev.SegmentFinished(now, task.shard_id, task.index, flight.node, task.start, reached, stopped,
+                                  checkpoint, result, seconds, denoise, str(r.gpu)[:100], str(r.memory_mode)[:40],
+                                  tuple(str(m)[:200] for m in r.loaded), float(r.peak_gib or 0.0),
+                                  str(r.precision)[:40])
+
+    def _write(self, a: WriteOutputs, now: float) -> None:
+        found = self.state.shard(a.shard_id)
+        assert found is not None
+        job, shard = found
+        payload = self.blobs.get(a.result)
+        size = sample_bytes(job.spec)
+        samples = job.spec.samples()
+        paths = []
+        try:
+            for k, index in enumerate(shard.shard.sample_indices):
+                self.previews.pop((job.id, index), None)
+                path = self.sink.write(job.id, job.spec, samples[index], payload[k * size:(k + 1) * size], shard.runs)
+                paths.append((index, str(path)))
+        except Exception as e:
+            log.exception("writing the outputs of %s failed", a.shard_id)
+            self._handle(ev.OutputsFailed(now, a.shard_id, f"{type(e).__name__}: {e}"))
+            return
+        self._handle(ev.OutputsWritten(now, a.shard_id, tuple(paths)))
+
+    # ----- running it ---------------------------------------------------------------------------
 
     def render(self, spec: JobSpec, job_id: str | None = None,
                on_tick: Callable[[Coordinator, str], None] | None = None) -> JobView:
@@ -583,35 +449,57 @@ class Coordinator:
             if on_tick is not None:
                 on_tick(self, job_id)
             view = self.get_job(job_id)
-            if view.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED):
+            if view.status in ENDED:
                 return view
             with self._lock:
-                if not self.inflight and all(n.lost for n in self.nodes.values()):
-                    job = self.jobs[job_id]
-                    job.error = "every node is offline"
-                    self._set_status(job, JobStatus.FAILED, job.error)
+                if not self.inflight and not self.probes and all(n.offline for n in self.state.nodes.values()):
+                    self._handle(ev.JobFailed(self.clock(), job_id, "every node is offline"))
 
     def start(self) -> None:
         """Run the loop on a background thread (a head, or an embedded farm with a dashboard)."""
-        def loop() -> None:
-            while not self._stop.is_set():
-                self.tick()
-
-        self._thread = threading.Thread(target=loop, name="farm-coordinator", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="farm-coordinator", daemon=True)
         self._thread.start()
+
+    def _loop(self) -> None:
+        broken = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.tick(LOOP_WAIT_S)
+                    broken = 0
+                except Exception:
+                    broken += 1
+                    log.exception("a scheduler tick failed (%d in a row)", broken)
+                    if broken >= MAX_BROKEN_TICKS:
+                        return
+                    self._stop.wait(min(2.0 ** broken, 10.0))
+        finally:
+            if not self._stop.is_set():
+                self._set_serving(False)
+
+    def _set_serving(self, serving: bool) -> None:
+        self.serving = serving
+        if self.on_health is not None:
+            self.on_health(serving)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.store is not None:
+            with self._lock:
+                try:
+                    self.store.snapshot(self.state)
+                except Exception:
+                    log.exception("could not write the final snapshot")
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobView:
-        """Block until a job is final (with `start` running the loop)."""
+        """Block until a job ends (with `start` running the loop)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            while self.jobs[job_id].status not in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED):
+            while self.state.jobs[job_id].status not in ENDED:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
                 self._changed.wait(timeout=left if left is not None else 1.0)
-            return self.get_job(job_id)
+        return self.get_job(job_id)

@@ -67,8 +67,10 @@ class PngWriter:
         info = PngInfo()
         info.add_text("parameters", parameters_line(meta))
         info.add_text("farm", json.dumps(meta, sort_keys=True))
-        image = Image.frombytes("RGB", (job.width, job.height), rgb)
         path = folder / f"{stem}.png"
+        if path.exists():  # written before a crash that came before its record: written once, kept
+            return path
+        image = Image.frombytes("RGB", (job.width, job.height), rgb)
         tmp = path.with_suffix(".png.tmp")
         image.save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, path)

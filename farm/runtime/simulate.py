@@ -1,9 +1,8 @@
-"""A discrete-event simulation of a farm (pure): a cluster, a workload, and who places what.
+"""A farm on a virtual clock: the real coordinator (`apply`, `decide`, the runner) driving simulated
+nodes, so a benchmark of the scheduler is a benchmark of the code that runs the farm.
 
-`bench/scheduler.py` runs it to compare this scheduler with simpler placements, and the property
-tests run it to check a whole schedule end to end. A policy sees what a coordinator sees (declared
-speeds, which node is busy, which models each holds, what finished and how long it took); the engine
-alone knows each card's true speed. Time on a node for a task is:
+`SimExecutor` is the only thing simulated. It owns each card's true speed (the coordinator sees only
+the declared one and learns), and times a segment as:
 
     model load (when the node does not hold the model; disk speed, counted as a load)
     + offload transfers (components moved over PCIe in an offload memory mode)
@@ -11,26 +10,45 @@ alone knows each card's true speed. Time on a node for a task is:
     + denoising steps (`speed.reference_step_seconds` / true speed)
     + VAE decode after the last step.
 
-The engine checks every task against the node's budget and that every step of every sample runs
-exactly once, in order, so a policy cannot cheat its way to a short makespan.
+It checks every segment against the node's budget and that every step of every sample runs exactly
+once, in order, so no `decide` function can cheat its way to a short makespan. Nodes may leave and
+come back (`Churn`): a node that leaves loses the segment it was running, as when a PC dies.
+`bench/scheduler.py` compares `farm.core.decide.decide` with the baselines of `farm.core.baselines`;
+`bench/churn.py` measures work redone under churn.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+import itertools
+import random
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from farm.contracts.domain import NodeInfo, NodeState, ReadySegment, Shard
-from farm.core import costmodel, planner
-from farm.core import order as queue
+from farm.contracts.domain import JobSpec, NodeInfo, Sample, SegmentResult, SegmentTask, StepRun
+from farm.contracts.errors import NodeLost
+from farm.contracts.ids import job_of_shard
+from farm.core import costmodel
 from farm.core.costmodel import MemoryMode, Role, Shape
-from farm.core.speed import OFFLOAD_GIB_PER_S, SpeedBook, load_seconds, reference_decode_seconds, reference_step_seconds
+from farm.core.decide import Decide, decide
+from farm.core.speed import (
+    OFFLOAD_GIB_PER_S,
+    load_seconds,
+    reference_decode_seconds,
+    reference_step_seconds,
+    streamed_step_seconds,
+)
+from farm.core.transitions import ENDED
+from farm.runtime.coordinator import Coordinator
+from farm.wire import checkpoint_codec
+from farm.wire.checkpoint import Checkpoint, RawTensor
 
 DISPATCH_S = 0.3  # handing a task to a node's actor and getting its result back
 HANDOFF_S = 0.5  # moving a checkpoint (latents, scheduler and RNG state) to another node
+# Simulated jobs render tiny images (the shape they are costed at is given separately).
+SIM_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,11 @@ class SimJob:
     owner: str = "local"
     arrival: float = 0.0
 
+    def spec(self) -> JobSpec:
+        return JobSpec(model=self.model, prompts=tuple(f"{self.job_id} {i}" for i in range(self.samples)), seeds=(0,),
+                       steps=self.steps, width=SIM_SIZE, height=SIM_SIZE, guidance=1.0, sampler="euler",
+                       priority=self.priority, owner=self.owner)
+
 
 @dataclass(frozen=True)
 class SimNode:
@@ -54,38 +77,12 @@ class SimNode:
 
 
 @dataclass(frozen=True)
-class Task:
-    """Steps [start, end) of a batch of samples of one job, held in `mode`; `shard` names the batch."""
+class Churn:
+    """Nodes leave after ~`up_s` and come back after ~`down_s` (exponential), from `seed`."""
 
-    job: SimJob
-    shard: str
-    samples: tuple[int, ...]
-    start: int
-    end: int
-    mode: MemoryMode
-    need_gib: float
-
-
-@dataclass(frozen=True)
-class View:
-    """What a policy may look at when it decides: the declared node table and its live state."""
-
-    nodes: tuple[NodeInfo, ...]
-    busy: frozenset[str]
-    loaded: dict[str, frozenset[str]]
-
-    def states(self) -> list[NodeState]:
-        return [NodeState(n, n.name in self.busy, True, self.loaded[n.name]) for n in self.nodes]
-
-
-class Policy(Protocol):
-    name: str
-
-    def admit(self, job: SimJob, now: float, view: View) -> None: ...
-
-    def assign(self, now: float, view: View) -> list[tuple[str, Task]]: ...
-
-    def finished(self, node: str, task: Task, seconds: float, denoise_seconds: float) -> None: ...
+    up_s: float = 1800.0
+    down_s: float = 300.0
+    seed: int = 7
 
 
 @dataclass(frozen=True)
@@ -95,106 +92,253 @@ class Outcome:
     loads: int
     tasks: int
     busy_seconds: dict[str, float]
+    executed: float = 0.0  # sample-steps computed, lost work included
+    needed: float = 0.0  # sample-steps the jobs needed
+    departures: int = 0
+    jobs_done: int = 0
+    duplicated: int = 0  # outputs written more than once
+
+    @property
+    def redone(self) -> float:
+        return (self.executed - self.needed) / self.needed if self.needed else 0.0
+
+
+def stand_in_checkpoint(task: SegmentTask, step: int) -> bytes:
+    """A valid checkpoint of the task's shard at `step`, with one-element tensors: what a simulated
+    node hands back (the coordinator checks every checkpoint it receives)."""
+    batch = len(task.samples)
+    return checkpoint_codec.encode(Checkpoint(
+        model=task.job.model, family="sim", sampler=task.job.sampler, step=step, steps=task.job.steps,
+        guidance=task.job.guidance, width=task.job.width, height=task.job.height, frames=task.job.frames,
+        seeds=tuple(s.seed for s in task.samples), latents=RawTensor("float32", (batch,), bytes(4 * batch)),
+        conditioning={}, scheduler_state={}, rng_states=tuple(b"\0" for _ in range(batch))))
 
 
 @dataclass
-class _NodeRun:
+class _Node:
     node: SimNode
+    up: bool = True
     models: OrderedDict[str, float] = field(default_factory=OrderedDict)  # model -> resident GiB, LRU order
-    previous: Task | None = None
+    previous: tuple[SegmentTask, MemoryMode] | None = None
 
 
-def _prepare(run: _NodeRun, task: Task) -> tuple[float, bool]:
-    """Make room for the task's model on the node (an LRU bounded by its budget); seconds and whether
-    it was a load."""
-    model, shape = task.job.model, task.job.shape
-    loaded = model not in run.models
-    run.models[model] = shape.profile.weights_gib
-    run.models.move_to_end(model)
-    budget = costmodel.usable_gib(run.node.info.vram_gib)
-    while len(run.models) > 1 and sum(run.models.values()) - run.models[model] + task.need_gib > budget:
-        run.models.popitem(last=False)
-    return (load_seconds(shape) if loaded else 0.0), loaded
+@dataclass
+class _Running:
+    node: str
+    task: SegmentTask
+    end_at: float
+    seconds: float
+    denoise: float
 
 
-def _offload_seconds(task: Task, previous: Task | None) -> float:
-    """PCIe time under model CPU offload: a component moves onto the GPU when it runs and off when
-    another runs, so the denoiser stays put between segments of the same model on one node."""
-    if not task.mode.offload:
-        return 0.0
-    profile = task.job.shape.profile
-    stays = (previous is not None and previous.job.model == task.job.model and previous.mode.offload
-             and previous.end < previous.job.steps and task.start > 0)
-    moved = 0.0 if stays else sum(c.weights_gib for c in profile.role(Role.DENOISER))
-    if task.start == 0:
-        moved += sum(c.weights_gib for c in profile.role(Role.TEXT))
-    if task.end == task.job.steps:
-        moved += sum(c.weights_gib for c in profile.role(Role.DECODER))
-    return moved / OFFLOAD_GIB_PER_S
+class SimExecutor:
+    """`Executor` over simulated nodes with a virtual clock: `wait` jumps to the next thing that
+    happens (a segment ends, a job arrives, a node leaves or returns)."""
+
+    def __init__(self, nodes: Sequence[SimNode], jobs: Sequence[SimJob], churn: Churn | None = None) -> None:
+        self.now = 0.0
+        self.runs = {n.info.name: _Node(n) for n in nodes}
+        self.jobs = {j.job_id: j for j in jobs}
+        self.arrivals = sorted({j.arrival for j in jobs})
+        self.running: dict[int, _Running] = {}
+        self.handles = itertools.count()
+        self.progress = {(j.job_id, s): 0 for j in jobs for s in range(j.samples)}
+        self.last_node: dict[str, str] = {}
+        self.loads = self.tasks = self.departures = 0
+        self.executed = 0.0
+        self.busy_seconds = {name: 0.0 for name in self.runs}
+        self.coordinator: Coordinator | None = None
+        self.violations: list[str] = []
+        self.answers: list[tuple[int, object]] = []  # probe answers for the next `wait`
+        self.churn = churn
+        self.rng = random.Random(churn.seed if churn else 0)
+        self.flips: list[tuple[float, str]] = []
+        if churn is not None:
+            for name in self.runs:
+                heapq.heappush(self.flips, (self.rng.expovariate(1 / churn.up_s), name))
+
+    def nodes(self) -> list[NodeInfo]:
+        return [r.node.info for r in self.runs.values()]
+
+    def submit(self, node: str, task: SegmentTask) -> object:
+        run = self.runs[node]
+        if not run.up:
+            raise NodeLost(node, "it left the farm")
+        job = self.jobs[job_of_shard(task.shard_id)]
+        mode = MemoryMode(task.memory_mode)
+        batch = len(task.samples)
+        need = costmodel.shard_peak_gib(job.shape, batch, mode)
+        self._check(need <= costmodel.usable_gib(run.node.info.vram_gib) + 1e-9, f"over budget on {node}")
+        for s in task.samples:
+            key = (job.job_id, s.index)
+            self._check(self.progress[key] == task.start, f"steps of {key} out of order or run twice")
+            self.progress[key] = -1  # running
+        load = self._prepare(run, job, need)
+        denoise = (task.end - task.start) * reference_step_seconds(job.shape, batch) / run.node.true_speed
+        if mode.streamed:  # group offload moves the denoiser's blocks over PCIe every step
+            denoise += (task.end - task.start) * streamed_step_seconds(job.shape)
+        seconds = load + self._offload_seconds(job, task, mode, run.previous) + DISPATCH_S + denoise
+        if task.start > 0 and self.last_node.get(task.shard_id) != node:
+            seconds += HANDOFF_S
+        if task.last:
+            seconds += reference_decode_seconds(job.shape, batch, mode.tiled) / run.node.true_speed
+        run.previous = (task, mode)
+        self.last_node[task.shard_id] = node
+        self.busy_seconds[node] += seconds
+        self.tasks += 1
+        handle = next(self.handles)
+        self.running[handle] = _Running(node, task, self.now + seconds, seconds, denoise)
+        return handle
+
+    def _check(self, ok: bool, violation: str) -> None:
+        """A schedule that breaks the rules: `simulate` raises it (the coordinator would only log it)."""
+        if not ok:
+            self.violations.append(violation)
+            raise AssertionError(violation)
+
+    def _prepare(self, run: _Node, job: SimJob, need: float) -> float:
+        """Make room for the model on the node (an LRU bounded by its budget); the load seconds."""
+        loaded = job.model not in run.models
+        run.models[job.model] = job.shape.profile.weights_gib
+        run.models.move_to_end(job.model)
+        budget = costmodel.usable_gib(run.node.info.vram_gib)
+        while len(run.models) > 1 and sum(run.models.values()) - run.models[job.model] + need > budget:
+            run.models.popitem(last=False)
+        self.loads += loaded
+        return load_seconds(job.shape) if loaded else 0.0
+
+    @staticmethod
+    def _offload_seconds(job: SimJob, task: SegmentTask, mode: MemoryMode,
+                         previous: tuple[SegmentTask, MemoryMode] | None) -> float:
+        """PCIe time under model CPU offload: a component moves onto the GPU when it runs and off when
+        another runs, so the denoiser stays put between segments of the same model on one node (group
+        offload streams its blocks every step instead: counted with the steps)."""
+        if not mode.offload or mode.streamed:
+            return 0.0
+        profile = job.shape.profile
+        stays = (previous is not None and previous[0].job.model == task.job.model and previous[1].offload
+                 and not previous[0].last and task.start > 0)
+        moved = 0.0 if stays else sum(c.weights_gib for c in profile.role(Role.DENOISER))
+        if task.start == 0:
+            moved += sum(c.weights_gib for c in profile.role(Role.TEXT))
+        if task.last:
+            moved += sum(c.weights_gib for c in profile.role(Role.DECODER))
+        return moved / OFFLOAD_GIB_PER_S
+
+    def wait(self, timeout: float) -> list[tuple[object, SegmentResult | BaseException]]:
+        if self.answers:
+            answers, self.answers = self.answers, []
+            return answers  # type: ignore[return-value]
+        end = min(((r.end_at, h) for h, r in self.running.items()), default=(float("inf"), -1))
+        arrival = next((a for a in self.arrivals if a > self.now), float("inf"))
+        flip = self.flips[0][0] if self.flips else float("inf")
+        if not self.running and arrival == float("inf") and (not self.flips or self._all_done()):
+            return []
+        if flip < end[0] and flip <= arrival:
+            return self._flip()
+        if arrival < end[0]:
+            self.now = arrival
+            return []
+        self.now, handle = end
+        r = self.running.pop(handle)
+        self.executed += (r.task.end - r.task.start) * len(r.task.samples)
+        job = self.jobs[job_of_shard(r.task.shard_id)]
+        for s in r.task.samples:
+            self.progress[(job.job_id, s.index)] = r.task.end
+        common = dict(shard_id=r.task.shard_id, index=r.task.index, node=r.node, gpu="simulated", seconds=r.seconds,
+                      denoise_seconds=r.denoise, memory_mode=r.task.memory_mode,
+                      loaded=tuple(self.runs[r.node].models))
+        if r.task.last:
+            size = SIM_SIZE * SIM_SIZE * 3
+            return [(handle, SegmentResult(**common, images=tuple(bytes(size) for _ in r.task.samples)))]
+        return [(handle, SegmentResult(**common, checkpoint=stand_in_checkpoint(r.task, r.task.end)))]
+
+    def _all_done(self) -> bool:
+        return all(step == self.jobs[j].steps for (j, _), step in self.progress.items())
+
+    def _flip(self) -> list[tuple[object, SegmentResult | BaseException]]:
+        assert self.churn is not None and self.coordinator is not None
+        self.now, name = heapq.heappop(self.flips)
+        run = self.runs[name]
+        run.up = not run.up
+        mean = self.churn.up_s if run.up else self.churn.down_s
+        heapq.heappush(self.flips, (self.now + self.rng.expovariate(1 / mean), name))
+        if run.up:
+            run.models.clear()
+            self.coordinator.node_joined(run.node.info)
+            return []
+        self.departures += 1
+        out: list[tuple[object, SegmentResult | BaseException]] = []
+        for h, r in list(self.running.items()):
+            if r.node == name:  # the work done so far is lost with the node
+                done = (self.now - (r.end_at - r.seconds)) / r.seconds * (r.task.end - r.task.start)
+                self.executed += max(0.0, done) * len(r.task.samples)
+                for s in r.task.samples:
+                    self.progress[(job_of_shard(r.task.shard_id), s.index)] = r.task.start
+                del self.running[h]
+                out.append((h, NodeLost(name, "it left the farm")))
+        self.coordinator.node_left(name, "it left the farm")
+        return out
+
+    def probe(self, node: str) -> object:
+        """Answered at the next `wait`, at once: a node that is down answers NodeLost."""
+        handle = next(self.handles)
+        self.answers.append((handle, True if self.runs[node].up else NodeLost(node, "it left the farm")))
+        return handle
+
+    def step_events(self) -> list:
+        return []
+
+    def interrupt(self, node: str) -> None:
+        """Simulated segments run to their end."""
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
 
 
-def simulate(policy: Policy, nodes: Sequence[SimNode], jobs: Sequence[SimJob]) -> Outcome:
-    """Run `jobs` on `nodes` under `policy` until every sample is rendered; raises AssertionError when
-    the policy breaks a budget or runs a step twice, and RuntimeError when it stalls."""
-    runs = {n.info.name: _NodeRun(n) for n in nodes}
-    infos = tuple(n.info for n in nodes)
-    progress = {(j.job_id, s): 0 for j in jobs for s in range(j.samples)}
-    last_node: dict[str, str] = {}
-    busy: set[str] = set()
-    events: list[tuple[float, int, int, object]] = []
-    order = 0
-    for job in sorted(jobs, key=lambda j: j.arrival):
-        heapq.heappush(events, (job.arrival, 0, order, job))
-        order += 1
-    loads = tasks = 0
-    busy_seconds = {name: 0.0 for name in runs}
-    now = 0.0
+class CountingSink:
+    """An `OutputSink` that writes nothing and counts what it was asked to write."""
 
-    def view() -> View:
-        return View(infos, frozenset(busy), {name: frozenset(r.models) for name, r in runs.items()})
+    def __init__(self) -> None:
+        self.writes: Counter[tuple[str, int]] = Counter()
 
-    while events:
-        now = events[0][0]
-        while events and events[0][0] == now:
-            _, kind, _, payload = heapq.heappop(events)
-            if kind == 0:
-                assert isinstance(payload, SimJob)
-                policy.admit(payload, now, view())
-            else:
-                name, task, seconds, denoise = payload  # type: ignore[misc]
-                busy.discard(name)
-                for s in task.samples:
-                    progress[(task.job.job_id, s)] = task.end
-                policy.finished(name, task, seconds, denoise)
-        for name, task in policy.assign(now, view()):
-            run = runs[name]
-            assert name not in busy, f"{policy.name}: {name} given two tasks at once"
-            assert task.need_gib <= costmodel.usable_gib(run.node.info.vram_gib) + 1e-9, f"{policy.name}: over budget on {name}"
-            for s in task.samples:
-                assert progress[(task.job.job_id, s)] == task.start, f"{policy.name}: steps of a sample out of order"
-                progress[(task.job.job_id, s)] = -1  # running
-            load, was_load = _prepare(run, task)
-            loads += was_load
-            batch = len(task.samples)
-            speed = run.node.true_speed
-            denoise = (task.end - task.start) * reference_step_seconds(task.job.shape, batch) / speed
-            seconds = load + _offload_seconds(task, run.previous) + DISPATCH_S + denoise
-            run.previous = task
-            if task.start > 0 and last_node.get(task.shard) != name:
-                seconds += HANDOFF_S
-            if task.end == task.job.steps:
-                seconds += reference_decode_seconds(task.job.shape, batch, task.mode.tiled) / speed
-            last_node[task.shard] = name
-            busy.add(name)
-            busy_seconds[name] += seconds
-            tasks += 1
-            heapq.heappush(events, (now + seconds, 1, order, (name, task, seconds, denoise)))
-            order += 1
-    steps = {j.job_id: j.steps for j in jobs}
-    undone = [key for key, step in progress.items() if step != steps[key[0]]]
-    if undone:
-        raise RuntimeError(f"{policy.name} stalled with {len(undone)} samples unfinished")
-    return Outcome(policy.name, now, loads, tasks, busy_seconds)
+    def write(self, job_id: str, job: JobSpec, sample: Sample, rgb: bytes, runs: Sequence[StepRun]) -> Path:
+        self.writes[(job_id, sample.index)] += 1
+        return Path(job_id) / f"{sample.index}"
+
+
+def simulate(nodes: Sequence[SimNode], jobs: Sequence[SimJob], decide: Decide = decide, name: str = "farm",
+             churn: Churn | None = None, segment_seconds: float = 30.0) -> Outcome:
+    """Run `jobs` on `nodes` with the real coordinator deciding with `decide`, until every sample is
+    written; raises AssertionError when a schedule breaks a budget or runs a step twice, and
+    RuntimeError when it stalls."""
+    executor = SimExecutor(nodes, jobs, churn)
+    sink = CountingSink()
+    coordinator = Coordinator(executor, sink, clock=lambda: executor.now, decide=decide,
+                              segment_seconds=segment_seconds, max_failures=10**9)
+    executor.coordinator = coordinator
+    pending = sorted(jobs, key=lambda j: (j.arrival, j.job_id))
+    idle_rounds = 0
+    while True:
+        while pending and pending[0].arrival <= executor.now:
+            job = pending.pop(0)
+            coordinator.submit(job.spec(), job.job_id, job.shape)
+        before = (executor.now, executor.tasks, len(coordinator.state.jobs))
+        coordinator.tick(0)
+        if executor.violations:
+            raise AssertionError(f"{name}: {executor.violations[0]}")
+        states = [j.status for j in coordinator.state.jobs.values()]
+        if not pending and len(states) == len(jobs) and all(s in ENDED for s in states):
+            break
+        idle_rounds = idle_rounds + 1 if (executor.now, executor.tasks, len(coordinator.state.jobs)) == before else 0
+        if idle_rounds > 3:
+            undone = sum(1 for j, s in executor.progress.items() if s != executor.jobs[j[0]].steps)
+            raise RuntimeError(f"{name} stalled with {undone} samples unfinished")
+    needed = sum(j.samples * j.steps for j in jobs)
+    done = sum(1 for j in coordinator.state.jobs.values() if j.status.value == "done")
+    duplicated = sum(n - 1 for n in sink.writes.values() if n > 1)
+    return Outcome(name, executor.now, executor.loads, executor.tasks, executor.busy_seconds, executor.executed,
+                   needed, executor.departures, done, duplicated)
 
 
 @dataclass(frozen=True)
@@ -238,120 +382,3 @@ def lower_bound(nodes: Sequence[SimNode], jobs: Sequence[SimJob]) -> LowerBound:
     )
     longest = max(j.arrival + work[j.job_id] / max(speed[n] for n in eligible[j.job_id]) for j in jobs)
     return LowerBound(total, by_set, longest)
-
-
-@dataclass
-class _ShardRun:
-    shard: Shard
-    job: SimJob
-    next_index: int = 0
-    running: bool = False
-
-    @property
-    def done(self) -> bool:
-        return self.next_index >= len(self.shard.bounds)
-
-
-class FarmPolicy:
-    """This scheduler, wired the way a coordinator wires it:
-
-    * plan: `planner.plan_queue` over every queued job's unstarted samples (learned speeds, queued
-      home work, loaded models), whenever a job arrives or a node runs out of home work (the sign
-      that the last plan's speeds were off);
-    * every event: `queue.order_jobs` + `queue.order_ready` + `planner.plan_tick`;
-    * every finished segment: `SpeedBook.observe`, and its GPU-seconds charged to the job's owner.
-    """
-
-    name = "farm"
-
-    def __init__(self, segment_seconds: float = planner.SEGMENT_SECONDS) -> None:
-        self.segment_seconds = segment_seconds
-        self.speeds = SpeedBook()
-        self.runs: dict[str, _ShardRun] = {}  # unfinished shards
-        self.left: dict[str, int] = {}  # unfinished shards per job
-        self.home_left: dict[str, int] = {}  # unfinished shards per home node
-        self.jobs: dict[str, SimJob] = {}
-        self.next_shard: dict[str, int] = {}
-        self.queued: dict[str, queue.QueuedJob] = {}
-        self.used: dict[str, float] = {}
-        self.unplanned: dict[str, list[int]] = {}
-        self.replan = False
-
-    def admit(self, job: SimJob, now: float, view: View) -> None:
-        self.jobs[job.job_id] = job
-        self.next_shard[job.job_id] = 0
-        self.left[job.job_id] = 0
-        self.queued[job.job_id] = queue.QueuedJob(job.job_id, job.owner, job.priority, len(self.jobs))
-        self.unplanned[job.job_id] = list(range(job.samples))
-        self.replan = True
-
-    def _drop(self, run: _ShardRun) -> None:
-        del self.runs[run.shard.id]
-        self.left[run.job.job_id] -= 1
-        self.home_left[run.shard.home] -= 1
-
-    def _plan(self, view: View) -> None:
-        """Take back every unstarted shard and plan all unplaced samples again in one go."""
-        for run in list(self.runs.values()):
-            if run.next_index == 0 and not run.running:
-                self.unplanned.setdefault(run.job.job_id, []).extend(run.shard.sample_indices)
-                self._drop(run)
-        started = [(r.shard, r.job.shape, r.shard.bounds[r.next_index][0]) for r in self.runs.values()]
-        context = planner.PlanContext(
-            speeds=self.speeds,
-            segment_seconds=self.segment_seconds,
-            backlog=planner.backlog_seconds(started, view.nodes, self.speeds),
-            loaded=view.loaded,
-        )
-        demands = []
-        for job_id in queue.order_jobs(list(self.queued.values()), self.used):
-            if self.unplanned.get(job_id):
-                job = self.jobs[job_id]
-                samples = tuple(sorted(self.unplanned.pop(job_id)))
-                demands.append((job_id, planner.Demand(job.model, job.shape, job.steps, samples, job.priority,
-                                                       self.next_shard[job_id])))
-        by_name = {n.name: n for n in view.nodes}
-        for job_id, shards in planner.plan_queue(demands, view.nodes, context=context).items():
-            job = self.jobs[job_id]
-            planned = sum(planner.shard_seconds(s, job.shape, 0, by_name[s.home], self.speeds) for s in shards)
-            self.queued[job_id] = replace(self.queued[job_id], gpu_seconds=planned)
-            self.next_shard[job_id] += len(shards)
-            self.left[job_id] += len(shards)
-            for shard in shards:
-                self.runs[shard.id] = _ShardRun(shard, job)
-                self.home_left[shard.home] = self.home_left.get(shard.home, 0) + 1
-
-    def assign(self, now: float, view: View) -> list[tuple[str, Task]]:
-        if self.replan:
-            self._plan(view)
-            self.replan = False
-        ready = [
-            ReadySegment(r.shard.id, r.next_index, r.shard.home, r.shard.need_gib, r.job.job_id, r.job.model,
-                         r.job.priority, r.shard.needs)
-            for r in self.runs.values() if not r.running
-        ]
-        if not ready:
-            return []
-        ready = queue.order_ready(ready, queue.order_jobs(list(self.queued.values()), self.used))
-        out = []
-        for a in planner.plan_tick(ready, view.states()):
-            run = self.runs[a.shard_id]
-            run.running = True
-            start, end = run.shard.bounds[a.index]
-            mode = a.memory_mode or run.shard.memory_mode
-            need = dict(run.shard.needs)[mode]
-            out.append((a.node, Task(run.job, run.shard.id, run.shard.sample_indices, start, end, MemoryMode(mode), need)))
-        return out
-
-    def finished(self, node: str, task: Task, seconds: float, denoise_seconds: float) -> None:
-        run = self.runs[task.shard]
-        run.running = False
-        run.next_index += 1
-        self.speeds = self.speeds.observe(node, task.job.shape, len(task.samples), task.end - task.start, denoise_seconds)
-        self.used[task.job.owner] = self.used.get(task.job.owner, 0.0) + seconds
-        if run.done:
-            self._drop(run)
-            if not self.left[task.job.job_id]:
-                del self.queued[task.job.job_id]
-        if not self.home_left.get(node) and any(r.next_index == 0 and not r.running for r in self.runs.values()):
-            self.replan = True

@@ -35,10 +35,12 @@ class RawTensor:
             raise ValueError(f"shape {self.shape} has a negative dimension")
         expected = math.prod(self.shape) * DTYPE_SIZES[self.dtype]
         if len(self.data) != expected:
-            raise ValueError(f"{len(self.data)} bytes for a {self.dtype} tensor of shape {self.shape} (expected {expected})")
+            raise ValueError(f"{len(self.data)} bytes for a {self.dtype} tensor of shape {self.shape} "
+                             f"(expected {expected})")
 
 
-StateValue = Union[None, bool, int, float, str, RawTensor, list["StateValue"]]
+# A runtime alias, so it stays Union[...]: the recursive "StateValue" forward reference needs typing to resolve it.
+StateValue = Union[None, bool, int, float, str, RawTensor, list["StateValue"]]  # noqa: UP007 recursive runtime alias
 
 
 @dataclass(frozen=True)

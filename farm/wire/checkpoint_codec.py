@@ -98,7 +98,8 @@ def decode(payload: bytes, max_bytes: int = MAX_BYTES) -> Checkpoint:
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise CheckpointError("checkpoint: not a farm checkpoint")
     if body.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint: format version {body.get('version')!r} is not supported (this farm reads {VERSION})")
+        raise CheckpointError(f"checkpoint: format version {body.get('version')!r} is not supported "
+                              f"(this farm reads {VERSION})")
     seeds = _need(body, "seeds", list)
     rng = _need(body, "rng_states", list)
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):

@@ -1,7 +1,10 @@
 """One job in full: its settings and progress, a segment bar per sample, live previews of the
-samples being rendered, and the job's events."""
+samples being rendered, and the job's events; `s` saves its outputs on this PC."""
 
 from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
@@ -13,8 +16,9 @@ from textual.message import Message
 from textual.widgets import Footer, Header, RichLog, Static
 from textual.worker import get_current_worker
 
-from farm.contracts.control import JobView
-from tui.controls import JOB_BINDINGS, JobControls
+from farm.api.downloads import save_outputs
+from farm.contracts.control import FarmService, JobView
+from tui.controls import JOB_BINDINGS, JobControls, farm_app
 from tui.format import bar, duration, event_line, status_text
 from tui.screens.base import LiveScreen
 from tui.segment_bars import sample_bars
@@ -24,6 +28,7 @@ from tui.thumbnail import half_blocks
 MAX_PREVIEWS = 4
 THUMB_COLUMNS = 16
 BAR = 40
+SAVE_TO = Path("renders")  # as `farm submit` and `farm fetch`: renders/<job id>/ under the current folder
 
 
 def job_facts(job: JobView) -> Table:
@@ -51,8 +56,14 @@ def rendering_samples(job: JobView) -> list[int]:
     return sorted(s for shard in job.shards if 0 < shard.step < job.spec.steps for s in shard.samples)[:MAX_PREVIEWS]
 
 
+def save(service: FarmService, job: JobView) -> str:
+    paths = save_outputs(service, job, SAVE_TO)
+    return f"{len(paths)} files in {SAVE_TO / job.id}"
+
+
 class JobDetailScreen(JobControls, LiveScreen):
-    BINDINGS = [*JOB_BINDINGS, Binding("escape", "app.pop_screen", "Back")]
+    BINDINGS = [*JOB_BINDINGS, Binding("s", "save_outputs", "Save outputs"),
+                Binding("escape", "app.pop_screen", "Back")]
 
     class Previews(Message):
         """Thumbnails read in a worker, as (sample index, half-block picture)."""
@@ -85,6 +96,18 @@ class JobDetailScreen(JobControls, LiveScreen):
 
     def selected_job(self) -> JobView | None:
         return self.farm.store.jobs.get(self.job_id)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "save_outputs":  # dimmed until an output is written
+            job = self.selected_job()
+            return True if job is not None and job.outputs else None
+        return super().check_action(action, parameters)
+
+    def action_save_outputs(self) -> None:
+        """Read the outputs through the service (from a remote head too) in a worker, so the screen stays live."""
+        if job := self.selected_job():
+            app = farm_app(self)
+            app.act(f"saved the outputs of {job.id}", partial(save, app.service, job), job=job.id)
 
     def sync(self, changes: Changes | None) -> None:
         job = self.selected_job()

@@ -90,8 +90,13 @@ class Family(ABC):
         stage for the later iterations; `index` is the model's model_index.json (their split point)."""
         return "denoise"
 
-    def prepare_stage(self, pipe: DiffusionPipeline, stage: str, configs: dict[str, dict]) -> None:
+    def prepare_stage(self, pipe: DiffusionPipeline, stage: str, configs: dict[str, dict]) -> None:  # noqa: B027 optional hook, no-op by default
         """Fix up a pipeline loaded without some components (e.g. its VAE scale factor)."""
+
+    def latent_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the pipeline keeps latents in between steps: the model's, unless the family's
+        pipeline keeps them in float32 (LTX-Video, Wan)."""
+        return model_dtype
 
 
 def plain_call(pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...], **extra: object) -> object:
@@ -99,13 +104,18 @@ def plain_call(pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...
     arguments every family passes the same way: one generator per sample, as the farm draws them."""
     return pipe(
         prompt=[s.prompt for s in samples],
-        generator=[torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples],
+        generator=cpu_generators(samples),
         num_inference_steps=job.steps,
         height=job.height,
         width=job.width,
         output_type="np",
         **extra,
     )
+
+
+def cpu_generators(samples: tuple[Sample, ...]) -> list[torch.Generator]:
+    """One CPU generator per sample, as the engine draws noise (the same numbers on any device)."""
+    return [torch.Generator(device="cpu").manual_seed(s.seed) for s in samples]
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -92,7 +92,7 @@ class Flux(Family):
     @torch.no_grad()
     def encode(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> dict[str, torch.Tensor]:
         embeds, pooled, text_ids = pipe.encode_prompt(
-            prompt=[s.prompt for s in samples], device=pipe.device, num_images_per_prompt=1,
+            prompt=[s.prompt for s in samples], device=pipe._execution_device, num_images_per_prompt=1,
             max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
@@ -104,7 +104,7 @@ class Flux(Family):
         channels = configs["transformer"]["in_channels"] // 4
         embeds = cond["prompt_embeds"]
         latents, image_ids = pipe.prepare_latents(len(generators), channels, job.height, job.width, embeds.dtype,
-                                                  pipe.device, generators)
+                                                  pipe._execution_device, generators)
         cond["latent_image_ids"] = image_ids  # the image tokens' positions travel with the prompt's
         return latents
 
@@ -115,7 +115,7 @@ class Flux(Family):
         mu = calculate_shift(latents_shape[1], config.get("base_image_seq_len", 256),
                              config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
                              config.get("max_shift", 1.15))
-        retrieve_timesteps(scheduler, steps, pipe.device, sigmas=sigmas, mu=mu)
+        retrieve_timesteps(scheduler, steps, pipe._execution_device, sigmas=sigmas, mu=mu)
         scheduler.set_begin_index(0)
 
     @torch.no_grad()
@@ -125,7 +125,7 @@ class Flux(Family):
         t = scheduler.timesteps[i]
         guidance = None
         if transformer.config.guidance_embeds:
-            guidance = torch.full([1], live.job.guidance, device=pipe.device, dtype=torch.float32)
+            guidance = torch.full([1], live.job.guidance, device=latents.device, dtype=torch.float32)
             guidance = guidance.expand(latents.shape[0])
         timestep = t.expand(latents.shape[0]).to(latents.dtype)
         with transformer.cache_context("cond"):

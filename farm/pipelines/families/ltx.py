@@ -67,6 +67,9 @@ class LTX(Family):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def latent_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        return torch.float32  # the pipeline draws and steps latents in float32, casting per model call
+
     def prepare_stage(self, pipe: DiffusionPipeline, stage: str, configs: dict[str, dict]) -> None:
         # Loaded without its VAE or transformer, the pipeline falls back to the full-size model's
         # factors; the stage's latent shapes must come from this model's configs.

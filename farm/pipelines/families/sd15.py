@@ -35,13 +35,13 @@ class SD15(Family):
         prompts = [s.prompt for s in samples]
         cfg = self.cfg(pipe, job)
         positive, negative = pipe.encode_prompt(
-            prompts, pipe.device, 1, cfg, [job.negative_prompt] * len(prompts) if cfg else None
+            prompts, pipe._execution_device, 1, cfg, [job.negative_prompt] * len(prompts) if cfg else None
         )
         return {"prompt_embeds": torch.cat([negative, positive]) if cfg else positive}
 
     def set_timesteps(self, pipe: DiffusionPipeline, job: JobSpec, scheduler: SchedulerMixin,
                       latents_shape: tuple[int, ...]) -> None:
-        scheduler.set_timesteps(job.steps, device=pipe.device)
+        scheduler.set_timesteps(job.steps, device=pipe._execution_device)
 
     @torch.no_grad()
     def init_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
@@ -52,7 +52,8 @@ class SD15(Family):
         pipe.scheduler = scheduler  # prepare_latents scales by this scheduler's init_noise_sigma
         embeds = cond["prompt_embeds"]
         channels = configs["unet"]["in_channels"]
-        return pipe.prepare_latents(len(generators), channels, job.height, job.width, embeds.dtype, pipe.device, generators)
+        return pipe.prepare_latents(len(generators), channels, job.height, job.width, embeds.dtype,
+                                    pipe._execution_device, generators)
 
     @torch.no_grad()
     def step(self, pipe: DiffusionPipeline, live: Live, i: int) -> torch.Tensor:
@@ -71,7 +72,8 @@ class SD15(Family):
     @torch.no_grad()
     def decode(self, pipe: DiffusionPipeline, live: Live) -> list[np.ndarray]:
         latents = live.latents.to(pipe.vae.dtype)
-        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=live.generators)[0]
+        scaled = latents / pipe.vae.config.scaling_factor
+        image = pipe.vae.decode(scaled, return_dict=False, generator=live.generators)[0]
         arrays = pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * image.shape[0])
         return [to_uint8(a) for a in arrays]
 

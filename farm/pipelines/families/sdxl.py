@@ -40,7 +40,7 @@ from transformers import (
 
 from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, to_uint8
+from farm.pipelines.families.base import Family, Live, cpu_generators, to_uint8
 from farm.pipelines.tiny import MAX_TOKENS, build_tokenizer
 
 # The img2img pipeline's defaults, which the plain refiner call uses (the aesthetic-score time ids).
@@ -162,7 +162,7 @@ class SDXL(Family):
     def encode(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> dict[str, torch.Tensor]:
         cfg = self.cfg(None, job)
         embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=[s.prompt for s in samples], device=pipe.device, num_images_per_prompt=1,
+            prompt=[s.prompt for s in samples], device=pipe._execution_device, num_images_per_prompt=1,
             do_classifier_free_guidance=cfg, negative_prompt=self.negative(job, samples),
         )
         # `_get_add_time_ids` (it checks the ids against the UNet, which this stage does not load):
@@ -171,12 +171,12 @@ class SDXL(Family):
         if cfg:
             embeds, pooled = torch.cat([neg_embeds, embeds]), torch.cat([neg_pooled, pooled])
             time_ids = torch.cat([time_ids, time_ids])
-        return {"prompt_embeds": embeds.to(pipe.device), "text_embeds": pooled.to(pipe.device),
-                "time_ids": time_ids.to(pipe.device).repeat(len(samples), 1)}
+        return {"prompt_embeds": embeds.to(pipe._execution_device), "text_embeds": pooled.to(pipe._execution_device),
+                "time_ids": time_ids.to(pipe._execution_device).repeat(len(samples), 1)}
 
     def set_timesteps(self, pipe: DiffusionPipeline, job: JobSpec, scheduler: SchedulerMixin,
                       latents_shape: tuple[int, ...]) -> None:
-        scheduler.set_timesteps(job.steps, device=pipe.device)
+        scheduler.set_timesteps(job.steps, device=pipe._execution_device)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
 
@@ -189,8 +189,8 @@ class SDXL(Family):
         pipe.scheduler = scheduler
         channels = configs["unet"]["in_channels"]
         embeds = cond["prompt_embeds"]
-        return pipe.prepare_latents(len(generators), channels, job.height, job.width, embeds.dtype, pipe.device,
-                                    generators)
+        return pipe.prepare_latents(len(generators), channels, job.height, job.width, embeds.dtype,
+                                    pipe._execution_device, generators)
 
     @torch.no_grad()
     def unet_step(self, pipe: DiffusionPipeline, unet: UNet2DConditionModel, live: Live, i: int,
@@ -236,9 +236,6 @@ class SDXL(Family):
             image = pipe.watermark.apply_watermark(image)
         return [to_uint8(a) for a in pipe.image_processor.postprocess(image, output_type="np")]
 
-    def _generators(self, pipe: DiffusionPipeline, samples: tuple[Sample, ...]) -> list[torch.Generator]:
-        return [torch.Generator(device=pipe.device).manual_seed(s.seed) for s in samples]
-
     def _call_args(self, job: JobSpec, samples: tuple[Sample, ...]) -> dict[str, object]:
         return dict(prompt=[s.prompt for s in samples], negative_prompt=self.negative(job, samples),
                     num_inference_steps=job.steps, guidance_scale=job.guidance)
@@ -246,7 +243,7 @@ class SDXL(Family):
     @torch.no_grad()
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
-        out = pipe(**self._call_args(job, samples), generator=self._generators(pipe, samples),
+        out = pipe(**self._call_args(job, samples), generator=cpu_generators(samples),
                    height=job.height, width=job.width, output_type="np")
         return [to_uint8(a) for a in out.images]
 
@@ -270,7 +267,7 @@ class SDXLRefined(SDXL):
         cond = super().encode(pipe, job, samples)
         cfg = self.cfg(None, job)
         embeds, neg_embeds, pooled, neg_pooled = refiner_view(pipe).encode_prompt(
-            prompt=[s.prompt for s in samples], device=pipe.device, num_images_per_prompt=1,
+            prompt=[s.prompt for s in samples], device=pipe._execution_device, num_images_per_prompt=1,
             do_classifier_free_guidance=cfg, negative_prompt=self.negative(job, samples),
         )
         # The img2img pipeline's `_get_add_time_ids` with `requires_aesthetics_score`: original size
@@ -281,8 +278,9 @@ class SDXLRefined(SDXL):
             neg_ids = torch.tensor([size + [NEGATIVE_AESTHETIC_SCORE]], dtype=embeds.dtype).repeat(len(samples), 1)
             embeds, pooled = torch.cat([neg_embeds, embeds]), torch.cat([neg_pooled, pooled])
             time_ids = torch.cat([neg_ids, time_ids])
-        cond.update(refiner_prompt_embeds=embeds.to(pipe.device), refiner_text_embeds=pooled.to(pipe.device),
-                    refiner_time_ids=time_ids.to(pipe.device))
+        device = pipe._execution_device
+        cond.update(refiner_prompt_embeds=embeds.to(device), refiner_text_embeds=pooled.to(device),
+                    refiner_time_ids=time_ids.to(device))
         return cond
 
     def step(self, pipe: DiffusionPipeline, live: Live, i: int) -> torch.Tensor:
@@ -292,7 +290,7 @@ class SDXLRefined(SDXL):
         if i == start:
             # The refiner pipeline's own scheduler: set up afresh and begun at the cut (`get_timesteps`).
             fresh = schedulers.make(live.job.sampler, live.scheduler.config)
-            fresh.set_timesteps(live.job.steps, device=pipe.device)
+            fresh.set_timesteps(live.job.steps, device=live.latents.device)
             if hasattr(fresh, "set_begin_index"):
                 fresh.set_begin_index(start)
             live.scheduler = pipe.scheduler = fresh
@@ -301,7 +299,7 @@ class SDXLRefined(SDXL):
     @torch.no_grad()
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         """diffusers' documented base + refiner run: two calls handing latents over at `refiner_start`."""
-        generators = self._generators(pipe, samples)
+        generators = cpu_generators(samples)
         start = float(pipe.config.refiner_start)
         pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
         latents = pipe(**self._call_args(job, samples), generator=generators, height=job.height, width=job.width,

@@ -78,6 +78,9 @@ class Wan21(Family):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def latent_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        return torch.float32  # the pipeline draws and steps latents in float32, casting per model call
+
     def prepare_stage(self, pipe: DiffusionPipeline, stage: str, configs: dict[str, dict]) -> None:
         vae = configs["vae"]
         pipe.vae_scale_factor_temporal = vae.get("scale_factor_temporal", 4)

@@ -285,6 +285,24 @@ class PreviewReply(_message.Message):
     png: bytes
     def __init__(self, present: _Optional[bool] = ..., png: _Optional[bytes] = ...) -> None: ...
 
+class OutputRequest(_message.Message):
+    __slots__ = ("job_id", "index")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    index: int
+    def __init__(self, job_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class OutputChunk(_message.Message):
+    __slots__ = ("data", "size", "sha256")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    sha256: str
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
 class RotateTokenRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

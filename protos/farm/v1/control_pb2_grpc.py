@@ -114,6 +114,11 @@ class FarmControlStub:
                 request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.PreviewRequest.SerializeToString,
                 response_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.PreviewReply.FromString,
                 _registered_method=True)
+        self.GetOutput = channel.unary_stream(
+                '/protos.farm.v1.FarmControl/GetOutput',
+                request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.OutputRequest.SerializeToString,
+                response_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.OutputChunk.FromString,
+                _registered_method=True)
         self.RotateToken = channel.unary_unary(
                 '/protos.farm.v1.FarmControl/RotateToken',
                 request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.RotateTokenRequest.SerializeToString,
@@ -225,6 +230,12 @@ class FarmControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOutput(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RotateToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -319,6 +330,11 @@ def add_FarmControlServicer_to_server(servicer, server):
                     servicer.GetPreview,
                     request_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.PreviewRequest.FromString,
                     response_serializer=protos_dot_farm_dot_v1_dot_control__pb2.PreviewReply.SerializeToString,
+            ),
+            'GetOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetOutput,
+                    request_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.OutputRequest.FromString,
+                    response_serializer=protos_dot_farm_dot_v1_dot_control__pb2.OutputChunk.SerializeToString,
             ),
             'RotateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateToken,
@@ -763,6 +779,33 @@ class FarmControl:
             '/protos.farm.v1.FarmControl/GetPreview',
             protos_dot_farm_dot_v1_dot_control__pb2.PreviewRequest.SerializeToString,
             protos_dot_farm_dot_v1_dot_control__pb2.PreviewReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/protos.farm.v1.FarmControl/GetOutput',
+            protos_dot_farm_dot_v1_dot_control__pb2.OutputRequest.SerializeToString,
+            protos_dot_farm_dot_v1_dot_control__pb2.OutputChunk.FromString,
             options,
             channel_credentials,
             insecure,
