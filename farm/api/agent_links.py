@@ -45,6 +45,9 @@ RETRY_S = 5.0
 # A PC's agent starts listening just after it joins: until it has answered once, failures are
 # "not listening yet" (retried every second), not "unreachable", for this long.
 FIRST_CONTACT_S = 30.0
+# An offline node whose agent reports a running Ray worker gets a new actor at most this often: after
+# a power cut Ray counts the old worker alive for a while, and an actor placed on it dies with it.
+REVIVE_S = 10.0
 UNREACHABLE = "agent unreachable"
 
 
@@ -136,6 +139,7 @@ class AgentLinks:
         starts = 0
         heard = False
         began = time.monotonic()
+        revived = 0.0
         warned = ""  # the last warning logged: each is logged once per change
         while not stop.is_set():
             try:
@@ -151,6 +155,13 @@ class AgentLinks:
                     if reading.status != applied and not reading.by_operator:
                         self._apply(nodes, reading)
                     applied = reading.status
+                    if reading.worker_starts and reading.status != NodeStatus.PAUSED and self.on_new_worker \
+                            and time.monotonic() - revived >= REVIVE_S:
+                        offline = self._offline(nodes)
+                        for n in offline:  # its worker runs, yet its actor is gone: make another
+                            self.on_new_worker(n)
+                        if offline:
+                            revived = time.monotonic()
                     if stop.is_set():
                         return
             except (grpc.RpcError, FarmError, ValueError) as e:
@@ -167,6 +178,10 @@ class AgentLinks:
                     self._apply(nodes, Reading(NodeStatus.PAUSED, UNREACHABLE, (), OwnerPolicy()))
                 applied = None  # the first reading after reconnecting is applied whatever it says
             stop.wait(RETRY_S)
+
+    def _offline(self, nodes: tuple[str, ...]) -> list[str]:
+        status = {v.info.name: v.status for v in self.service.list_nodes()}
+        return [n for n in nodes if status.get(n) == NodeStatus.OFFLINE]
 
     def _apply(self, nodes: tuple[str, ...], reading: Reading) -> None:
         """Bring the coordinator's nodes to the agent's status (skipping those already there, so an
