@@ -22,12 +22,12 @@ from waiting import wait_until
 
 from farm.api.http import farm_token_users, make_app
 from farm.api.http_server import HttpServer, needs_credentials, parse_http
-from farm.api.png_text import png_text
 from farm.cli.main import main
 from farm.cluster.credentials import HeadCredentials
 from farm.contracts.domain import JobStatus
 from farm.contracts.errors import FarmError, InvalidInput
 from farm.runtime.executor import RayExecutor
+from farm.runtime.outputs import png_text
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from farm import __version__
-from farm.api.png_text import png_text
 from farm.contracts.control import JobView
 from farm.contracts.domain import JobSpec
 from farm.contracts.errors import InvalidInput
 from farm.jobs.catalog import MODELS, get_model
 from farm.jobs.jobspec import MAX_SEED_VALUE, MAX_SEEDS, make_job
+from farm.runtime.outputs import png_text
 
 DEFAULT_MODEL = "demo-shapes"
 # A1111's sampler names -> the farm's. A flow-matching model (Flux) runs "Euler" as flow_euler.

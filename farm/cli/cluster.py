@@ -35,7 +35,7 @@ def farm_home() -> Path:
     return Path(os.environ.get("FARM_HOME") or Path.home() / ".cache" / "farm")
 
 
-def _default_name() -> str:
+def default_name() -> str:
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in socket.gethostname())
     return cleaned.strip("-")[:64] or "pc"
 
@@ -203,7 +203,7 @@ def _head(args: argparse.Namespace) -> int:
         raise InvalidInput("--advertise", f"found no LAN address (no default route), only {advertise}, which "
                                           "other PCs cannot reach: pass --advertise ADDRESS (this PC's LAN "
                                           "address), or --advertise 127.0.0.1 for a farm of this PC alone")
-    config = HeadConfig(home=farm_home(), name=node_name("--name", args.name or _default_name()),
+    config = HeadConfig(home=farm_home(), name=node_name("--name", args.name or default_name()),
                         advertise=advertise, bind=args.bind, port=args.port,
                         ray_port=args.ray_port, out=args.out, state=args.state, policy=_policy(args),
                         ray=_ray_executable(), ray_ports_from=args.ray_ports_from, http=http,
@@ -235,7 +235,7 @@ def _join(args: argparse.Namespace) -> int:
     if not args.token:
         raise InvalidInput("--token", "is required: the token from the `farm join` line that `farm head` printed")
     wrapper = tuple(shlex.split(args.ray_wrapper)) or (("wsl.exe", "--") if platform.system() == "Windows" else ())
-    config = JoinConfig(head=args.head_address, token=args.token, name=args.name or _default_name(), home=farm_home(),
+    config = JoinConfig(head=args.head_address, token=args.token, name=args.name or default_name(), home=farm_home(),
                         listen=args.listen, advertise=args.advertise, policy=_policy(args), wrapper=wrapper,
                         ray="ray" if wrapper else _ray_executable(), ray_ports_from=args.ray_ports_from)
     node = JoinedNode(config, detect_gpus(args.simulate_gpu))

@@ -60,7 +60,7 @@ def local_nodes(simulate: tuple[float, ...] | None = None) -> list[NodeInfo]:
     if simulate:
         speeds = dict(DEMO_CARDS)
         return simulated_nodes([(v, speeds.get(v, 1.0)) for v in simulate])
-    from farm.cli.cluster import _default_name
+    from farm.cli.cluster import default_name
     from farm.cluster.membership import nodes_for
     from farm.contracts.control import OwnerPolicy
     from node.probe import HostProbe, NvmlGpus
@@ -69,7 +69,7 @@ def local_nodes(simulate: tuple[float, ...] | None = None) -> list[NodeInfo]:
         gpus = NvmlGpus()
     except (ImportError, RuntimeError):  # no nvidia-ml-py, no driver, or no GPU
         return simulated_nodes()
-    return list(nodes_for(_default_name(), HostProbe(gpus).hardware(), OwnerPolicy()))
+    return list(nodes_for(default_name(), HostProbe(gpus).hardware(), OwnerPolicy()))
 
 
 def build_parser() -> argparse.ArgumentParser:

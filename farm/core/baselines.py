@@ -23,7 +23,7 @@ from farm.core.actions import Action, Record
 from farm.core.apply import apply
 from farm.core.decide import interrupts, nodes_in_order, probes, shards_in_order, start, writes
 from farm.core.events import ShardsPlanned
-from farm.core.state import FarmState, JobState, NodeRecord
+from farm.core.state import FarmState, JobState
 from farm.core.transitions import WAITING
 
 
@@ -74,11 +74,6 @@ def equal_split(state: FarmState, now: float) -> list[Action]:
     return out
 
 
-def _mode_on(node: NodeRecord, needs: tuple[tuple[str, float], ...]) -> str | None:
-    budget = costmodel.usable_gib(node.info.vram_gib)
-    return next((mode for mode, need in needs if need <= budget), None)
-
-
 def one_sample_per_task(state: FarmState, now: float) -> list[Action]:
     actions: list[Action] = []
     if state.replan:
@@ -98,8 +93,9 @@ def one_sample_per_task(state: FarmState, now: float) -> list[Action]:
         for s in shards_in_order(job):
             if s.node or s.rendered:
                 continue
-            node = next((n for n in idle if _mode_on(n, s.shard.needs) is not None), None)
-            if node is not None:
-                out.append(start(state, node.info.name, s.shard.id, _mode_on(node, s.shard.needs) or ""))
+            fitting = ((n, mode) for n in idle if (mode := planner.mode_fitting(s.shard.needs, n.info.vram_gib)))
+            node, mode = next(fitting, (None, None))
+            if node is not None and mode is not None:
+                out.append(start(state, node.info.name, s.shard.id, mode))
                 idle.remove(node)
     return out

@@ -248,11 +248,17 @@ def backlog_seconds(pending: Iterable[tuple[Shard, Shape, int]], nodes: Sequence
     return out
 
 
+def mode_fitting(needs: Sequence[tuple[str, float]], vram_gib: float, peak_factor: float = 1.0) -> str | None:
+    """The first (cheapest in time) memory mode of `needs` whose peak fits a budget of `vram_gib`;
+    None when it fits in none."""
+    budget = costmodel.usable_gib(vram_gib)
+    return next((mode for mode, need in needs if need * peak_factor <= budget), None)
+
+
 def _mode_on(seg: ReadySegment, node: NodeState) -> str | None:
     """The cheapest memory mode in which the segment fits the node's budget ("" for the shard's own
     mode when the segment lists no modes); None when it fits in none."""
-    budget = costmodel.usable_gib(node.info.vram_gib)
-    return next((mode for mode, need in seg.needs or (("", seg.need_gib),) if need * node.peak_factor <= budget), None)
+    return mode_fitting(seg.needs or (("", seg.need_gib),), node.info.vram_gib, node.peak_factor)
 
 
 def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list[Assignment]:

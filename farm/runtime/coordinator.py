@@ -213,7 +213,8 @@ class Coordinator:
 
     def preview(self, job_id: str, sample: int) -> bytes | None:
         with self._lock:
-            self.get_job(job_id)
+            if job_id not in self.state.jobs:
+                raise NotFound("job", f"no job {job_id!r}")
             return self.previews.get((job_id, sample))
 
     # ----- nodes --------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
+from io import BytesIO
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from farm import __version__
@@ -81,3 +82,13 @@ def read_provenance(path: Path) -> dict[str, object]:
     """The `farm` chunk of a PNG this module wrote."""
     with Image.open(path) as im:
         return json.loads(im.text["farm"])
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The text chunks of PNG bytes by keyword ({} for bytes that are not a PNG). Reading them does
+    not decode the pixels: this module writes them before the image data."""
+    try:
+        with Image.open(BytesIO(data)) as im:
+            return dict(getattr(im, "text", {}))
+    except (UnidentifiedImageError, OSError):
+        return {}
