@@ -4,9 +4,11 @@ Measures the CPU time of every process of both PCs (the `farm head` and `farm jo
 every Ray process they started: all PIDs in the two namespaces, found with `ip netns pids`, never by
 name) over a window, and prints it as percent of one core, per PC and per process kind.
 
-    sudo .venv/bin/python bench/idle.py [--seconds 30] [--settle 20]
+    sudo .venv/bin/python bench/idle.py [--seconds 30] [--settle 75]
 
-Needs root (it makes namespaces). Issue 13 asks for under 2% of one core for head + PC together.
+Needs root (it makes namespaces). Issue 13 asks for under 2% of one core for head + PC together. The
+default settle outlasts the executor's IDLE_PARK_S, so the window sees the farm as it stays when idle:
+every node's actor parked (`--settle 20` measures it with the actors still up).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from lan import Lan, unavailable  # noqa: E402
 
+from farm.runtime.executor import IDLE_PARK_S  # noqa: E402
+
 
 def kind(proc: psutil.Process) -> str:
     """A short label: `farm head`, `farm join`, `ray::SegmentWorker`, `raylet`, `gcs_server`..."""
@@ -37,15 +41,20 @@ def kind(proc: psutil.Process) -> str:
         return argv[0].split()[0]
     if "start" in argv and any(a.endswith("/ray") or a == "ray" for a in argv):
         return "ray start"
-    for a in argv[:3]:
+    for a in argv[:4]:
         if a.endswith(".py"):
             return Path(a).name
+    if len(argv) > 2 and argv[1] == "-m":
+        return argv[2]
     return name
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+Kind = tuple[str, str]  # (PC, process kind)
 
 
 class Meter:
@@ -74,24 +83,29 @@ class Meter:
                     self.label[key] = (pc_name, kind(p))
                 self.last[key] = used
 
-    def report(self, seconds: float) -> tuple[float, dict[str, float], dict[tuple[str, str], float]]:
+    def report(self, seconds: float) -> tuple[float, dict[str, float], dict[Kind, float], dict[Kind, int]]:
+        """Percent of one core: in all, per PC, per (PC, kind); and how many processes of each kind."""
         per_pc: dict[str, float] = defaultdict(float)
         per_kind: dict[tuple[str, str], float] = defaultdict(float)
+        count: dict[tuple[str, str], int] = defaultdict(int)
         for key, end in self.last.items():
             used = max(0.0, end - self.first[key])
             pc, what = self.label[key]
             per_pc[pc] += used
             per_kind[(pc, what)] += used
+            count[(pc, what)] += 1
         total = sum(per_pc.values())
         pct = lambda s: 100.0 * s / seconds  # noqa: E731
-        return pct(total), {k: pct(v) for k, v in per_pc.items()}, {k: pct(v) for k, v in per_kind.items()}
+        return (pct(total), {k: pct(v) for k, v in per_pc.items()}, {k: pct(v) for k, v in per_kind.items()},
+                dict(count))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0, help="measuring window (default 30)")
-    ap.add_argument("--settle", type=float, default=20.0,
-                    help="wait this long after the PC shows idle before measuring (Ray's start-up work)")
+    ap.add_argument("--settle", type=float, default=IDLE_PARK_S + 15,
+                    help="wait this long after the PC shows idle before measuring (Ray's start-up work, the "
+                         f"actors parked after {IDLE_PARK_S:g} s; default {IDLE_PARK_S + 15:g})")
     ap.add_argument("--interval", type=float, default=1.0, help="sampling interval (default 1 s)")
     args = ap.parse_args()
     why = unavailable()
@@ -115,10 +129,10 @@ def main() -> int:
             time.sleep(min(args.interval, max(0.0, args.seconds - (time.monotonic() - began))))
             meter.sample(lan)
         window = time.monotonic() - began
-        total, per_pc, per_kind = meter.report(window)
+        total, per_pc, per_kind, count = meter.report(window)
         for (pc_name, what), p in sorted(per_kind.items(), key=lambda kv: -kv[1]):
             if p >= 0.05:
-                print(f"  {pc_name:5} {what:40} {p:6.2f}%")
+                print(f"  {pc_name:5} {what:40} {p:6.2f}%  ({count[(pc_name, what)]})")
         print(f"idle CPU over {window:.0f} s: {total:.2f}% of one core (head PC {per_pc.get('head', 0):.2f}%, "
               f"joined PC {per_pc.get('pc1', 0):.2f}%), {len(meter.last)} processes")
     return 0

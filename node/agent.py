@@ -5,8 +5,11 @@ One `tick` reads telemetry, asks `node.policy` for the state, and starts or stop
 - paused: the head checkpoints the node's segment at its next step; after `release_s` the worker is
   stopped, which frees the GPU even if a segment did not stop in time (its last checkpoint stays);
 - draining: the segment in flight may finish; the worker is stopped after `drain_s`.
+While the worker should run but cannot start (its supervisor's precheck: the head's Ray port blocked),
+the agent reports the node offline with that reason, and idle again once it starts.
 Every tick's reading is kept for `StreamTelemetry`, and the head follows it to pause, drain or
-resume the node in the coordinator.
+resume the node in the coordinator; a reading wakes the stream only when something the head acts on
+or shows changed, or every `HEARTBEAT_S`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from farm.contracts.control import NodeStatus, OwnerPolicy
 from farm.contracts.hardware import Hardware, Reading, Telemetry
@@ -25,6 +28,10 @@ from node.probe import HostProbe, process_tree
 from node.worker import Supervisor
 
 log = logging.getLogger(__name__)
+# A reading that changes nothing the head acts on or shows is still sent this often (as often as the
+# head revives an offline node whose worker runs, agent_links.REVIVE_S): the head's
+# figures (CPU, RAM) stay fresh and a follower sees the agent alive, without a message every tick.
+HEARTBEAT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,15 @@ class Snapshot:
     worker_starts: int = 0
 
 
+def _news(s: Snapshot) -> tuple[object, ...]:
+    """What of a snapshot is worth a message at once: states, the worker, the owner's rules, and GPU
+    figures at the resolution a person reads them (sensors jitter by a degree or a watt)."""
+    gpus = tuple((g.index, round(g.vram_used_gib, 1), round(g.utilization, 1),
+                  None if g.temperature_c is None else round(g.temperature_c / 5),
+                  None if g.power_w is None else round(g.power_w / 10)) for g in s.telemetry.gpus)
+    return s.status, s.reason, s.worker_running, s.policy, s.by_operator, s.worker_starts, gpus
+
+
 def _minute_of_day() -> int:
     now = datetime.datetime.now()
     return now.hour * 60 + now.minute
@@ -51,7 +67,7 @@ class Agent:
                  release_s: float = 5.0, drain_s: float = 600.0, settle_s: float = rules.DEFAULT_SETTLE_S,
                  clock: Callable[[], float] = time.monotonic,
                  minute_of_day: Callable[[], int] = _minute_of_day,
-                 release: Callable[[], None] | None = None) -> None:
+                 release: Callable[[], None] | None = None, heartbeat_s: float = HEARTBEAT_S) -> None:
         self.probe = probe
         self.worker = worker
         # Without a worker to stop (the head's own GPU, whose actors live in the head's Ray node):
@@ -65,6 +81,8 @@ class Agent:
         self._since = clock()  # when the current status began
         self._cv = threading.Condition()
         self._snapshot: Snapshot | None = None
+        self.heartbeat_s = heartbeat_s
+        self._sent = clock()  # when the last snapshot was published (its seq went up)
         self._hardware: Hardware | None = None
         self._stop = threading.Event()
 
@@ -75,8 +93,11 @@ class Agent:
 
     def tick(self) -> Snapshot:
         """One reading, decision and worker action (the loop calls this every interval)."""
-        reading = self.probe.telemetry()
-        own = process_tree(self.worker.pid if self.worker else None)
+        # Every program only when the owner named games; otherwise those on the GPU are all the rules
+        # look at, and the worker's own processes matter only when some process is on the GPU.
+        reading = self.probe.telemetry(every_process=bool(self._state.policy.pause_programs))
+        on_gpu = any(p.uses_gpu for p in reading.processes)
+        own = process_tree(self.worker.pid if self.worker else None) if on_gpu else set()
         # Where the driver reports per-process memory (Linux); elsewhere the cap still sizes the budget.
         farm_vram = sum(p.gpu_gib for p in reading.processes if p.pid in own)
         pause, drain = rules.reasons(self._state.policy, reading.processes, reading.gpus, self._minute(), own,
@@ -92,10 +113,19 @@ class Agent:
             self._since = self._clock()
             log.info("node %s: %s", held.status, held.reason)
         self._steer_worker(held.status)
-        seq = self._snapshot.seq + 1 if self._snapshot else 1
-        self._snapshot = Snapshot(seq, reading, held.status, held.reason, bool(self.worker and self.worker.running),
-                                  self._state.policy, self._state.operator is not None,
-                                  self.worker.starts if self.worker else 0)
+        prev = self._snapshot
+        status, reason = held.status, held.reason
+        problem = self.worker.problem if self.worker is not None else ""
+        if status == NodeStatus.IDLE and problem:  # it should work, and cannot: the head shows it offline
+            status, reason = NodeStatus.OFFLINE, problem
+        snap = Snapshot(prev.seq if prev else 0, reading, status, reason,
+                        bool(self.worker and self.worker.running), self._state.policy,
+                        self._state.operator is not None, self.worker.starts if self.worker else 0)
+        if prev is not None and _news(snap) == _news(prev) and self._clock() - self._sent < self.heartbeat_s:
+            self._snapshot = snap  # kept for the next message; nobody is woken for it
+            return snap
+        self._snapshot = replace(snap, seq=snap.seq + 1)
+        self._sent = self._clock()
         self._cv.notify_all()
         return self._snapshot
 
@@ -170,7 +200,7 @@ class InProcessHandle:
     def follow(self) -> Iterator[Reading]:
         seq = 0
         while not self._closed.is_set():
-            snap = self.agent.latest(seq, timeout=1.0)
+            snap = self.agent.latest(seq, timeout=HEARTBEAT_S)
             if snap is not None:
                 seq = snap.seq
                 yield Reading(snap.status, snap.reason, snap.telemetry.gpus, snap.policy, snap.by_operator,

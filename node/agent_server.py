@@ -7,33 +7,21 @@ read what runs on it. On loopback (the head's own agent, tests) it may run witho
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import grpc
 
 from farm.api import convert
-from farm.api.auth import TokenInterceptor
+from farm.api.auth import Access, TokenInterceptor, only
 from farm.api.control_server import serve
+from farm.api.status import answer
 from farm.cluster.pki import TlsIdentity
-from farm.contracts.errors import FarmError, InvalidInput
+from farm.cluster.tokens import Principal, Role
 from node.agent import Agent, Snapshot
 from protos.farm.v1 import agent_pb2, agent_pb2_grpc
 
-T = TypeVar("T")
 SERVICE_NAME = "protos.farm.v1.NodeAgent"
 MIN_INTERVAL_S = 0.2
-
-
-def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except InvalidInput as e:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    except FarmError as e:
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-    raise AssertionError("unreachable: abort raises")
 
 
 def _state(snap: Snapshot) -> agent_pb2.AgentState:
@@ -74,7 +62,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServicer):
         return _state(self.agent.drain(request.reason))
 
     def SetPolicy(self, request, context):  # type: ignore[no-untyped-def]
-        return _call(context, lambda: _state(self.agent.set_policy(convert.policy_from_proto(request.policy))))
+        return answer(context, lambda: _state(self.agent.set_policy(convert.policy_from_proto(request.policy))))
 
 
 def serve_agent(agent: Agent, address: str, *, tls: TlsIdentity | None = None,
@@ -82,8 +70,7 @@ def serve_agent(agent: Agent, address: str, *, tls: TlsIdentity | None = None,
     """Serve `agent` as NodeAgent; with `node_token`, every call but health needs it."""
     interceptor = None
     if node_token is not None:
-        expected = node_token.encode()
-        interceptor = TokenInterceptor(lambda _m, t: t is not None and hmac.compare_digest(t.encode(), expected))
+        interceptor = TokenInterceptor(Access(only(node_token, Principal(Role.NODE, "head"))))
     servicer = NodeAgentServicer(agent)
     return serve(lambda s: agent_pb2_grpc.add_NodeAgentServicer_to_server(servicer, s), address, tls=tls,
                  interceptor=interceptor, names=(SERVICE_NAME,))

@@ -3,12 +3,14 @@
 First contact is pinned: the head's certificate must match the pin inside the join token before the
 token is sent (`farm.cluster.pki.fetch_pinned_cert`). The PC keeps its private key, sends a certificate
 request, and gets back its certificate, the farm CA, its node token and the Ray address and token.
-It then serves its `NodeAgent` with that certificate and keeps its Ray worker running.
+It then serves its `NodeAgent` with that certificate and keeps its Ray worker running, with Ray's TLS
+on the same certificate (off loopback).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from collections.abc import Sequence
@@ -17,19 +19,24 @@ from pathlib import Path
 
 import grpc
 
+from farm.api.auth import bearer
 from farm.api.control_client import FarmClient, open_channel, split_address
 from farm.api.convert import node_name
+from farm.api.models_client import HeadModels
 from farm.cluster.membership import JoinGrant
-from farm.cluster.pki import TlsIdentity, fetch_pinned_cert, new_key_and_csr, write_private
+from farm.cluster.pki import TlsIdentity, fetch_pinned_cert, is_loopback, new_key_and_csr, write_private
 from farm.cluster.tokens import pin_of
 from farm.contracts.control import OwnerPolicy
-from farm.contracts.errors import Unauthenticated
+from farm.contracts.errors import FarmError
 from node.agent import Agent
 from node.agent_server import serve_agent
+from node.model_fetch import ModelStore
 from node.probe import GpuSource, HostProbe
-from node.worker import Supervisor, ray_start_command
+from node.worker import RayTls, Supervisor, WorkerCommand, ray_start_command
 
+log = logging.getLogger(__name__)
 HEAD_PORT = 7070
+RAY_PORT = 6379
 AGENT_PORT = 7071
 
 
@@ -46,6 +53,29 @@ class JoinConfig:
     ray: str = "ray"
     ray_ports_from: int | None = None  # pin Ray's per-node ports to a range (see node.worker.fixed_ports)
     start_worker: bool = True
+    # The owner's model lists (fnmatch patterns; `farm join --models/--deny-models`); None: as the head has them.
+    models: tuple[str, ...] | None = None
+    deny_models: tuple[str, ...] | None = None
+
+
+def ray_port_problem(address: str, timeout_s: float = 3.0) -> str:
+    """Why this PC cannot open a TCP connection to the head's Ray port ('' when it can), with the rule
+    that fixes it: a home firewall blocks it first, and without it the Ray worker never joins (it
+    would retry for minutes and the node would sit there without saying why)."""
+    host, port = split_address(address, RAY_PORT)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return ""
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, port))  # no packet is sent: it only picks the route's source address
+            here = s.getsockname()[0]
+        except OSError:
+            here = "this PC"
+    return (f"cannot reach the head's Ray port {host}:{port} ({why}): allow TCP port {port} from {here} on the "
+            f"head, e.g. `sudo ufw allow proto tcp from {here} to any port {port}`")
 
 
 def _listen_port(listen: str) -> tuple[str, int]:
@@ -61,22 +91,23 @@ def _listen_port(listen: str) -> tuple[str, int]:
 def request_join(cfg: JoinConfig, probe: HostProbe, agent_port: int, saved: Path) -> tuple[bytes, JoinGrant]:
     """Join the head; returns this PC's private key and what the head granted.
 
-    With the farm token first; if the head refuses it (rotated since this PC joined) and this PC
-    joined before (`saved` holds its CA and node token), again as that member, so a PC restarted
-    after a rotation comes back without a new join line.
+    A PC that joined this head before (`saved` holds its CA and node token) rejoins as that member
+    first, so a PC restarted after a rotation of the join token comes back without a new join line
+    (its name is its own, and its certificate is renewed). Then, or for a new PC, with the join token.
     """
     name = node_name("--name", cfg.name)
     host, port = split_address(cfg.head, HEAD_PORT)
     key_pem, csr_pem = new_key_and_csr(name)
-    attempts = [(lambda: fetch_pinned_cert(host, port, pin_of(cfg.token)), cfg.token)]
-    if (saved / "join.json").exists() and (saved / "ca.pem").exists():
-        node_token = json.loads((saved / "join.json").read_text())["node_token"]
-        attempts.append((lambda: (saved / "ca.pem").read_bytes(), node_token))
+    attempts = []
+    before = json.loads((saved / "join.json").read_text()) if (saved / "join.json").exists() else {}
+    if before.get("head") == cfg.head and (saved / "ca.pem").exists():
+        attempts.append((lambda: (saved / "ca.pem").read_bytes(), before["node_token"]))
+    attempts.append((lambda: fetch_pinned_cert(host, port, pin_of(cfg.token)), cfg.token))
     for i, (roots, token) in enumerate(attempts):
         client = FarmClient(open_channel(host, port, roots()), token, where=f"the head at {host}:{port}")
         try:
             return key_pem, client.join(name, csr_pem, probe.hardware(), f"{cfg.advertise}:{agent_port}", cfg.policy)
-        except Unauthenticated:
+        except FarmError:  # removed, renamed, or another farm now: the join token decides
             if i == len(attempts) - 1:
                 raise
         finally:
@@ -112,16 +143,52 @@ class JoinedNode:
         save(self.folder, self.cfg.head, key_pem, self.grant)
         worker = None
         if self.cfg.start_worker:
-            command = ray_start_command(self.grant.ray_address, self.grant.nodes, self.grant.ray_token,
-                                        node_ip=self.cfg.advertise or None, ray=self.cfg.ray, wrapper=self.cfg.wrapper,
-                                        ports_from=self.cfg.ray_ports_from)
-            worker = Supervisor(command, self.folder / "ray-worker.log")
+            ray_host, _ = split_address(self.grant.ray_address, 0)
+            tls = None if is_loopback(ray_host) else RayTls.write(self.folder, key_pem, self.grant.cert_pem,
+                                                                 self.grant.ca_pem)
+            grant = self.grant
+
+            def command(address: str, ray_token: str) -> WorkerCommand:
+                return ray_start_command(address, grant.nodes, ray_token, node_ip=self.cfg.advertise or None,
+                                         ray=self.cfg.ray, wrapper=self.cfg.wrapper,
+                                         ports_from=self.cfg.ray_ports_from, tls=tls)
+
+            def current() -> WorkerCommand:
+                """Ray's token as the head has it now (a removal of another PC rotates it)."""
+                head, port = split_address(self.cfg.head, HEAD_PORT)
+                client = FarmClient(open_channel(head, port, grant.ca_pem), grant.node_token,
+                                    where=f"the head at {head}:{port}")
+                try:
+                    return command(*client.ray_token())
+                finally:
+                    client.close()
+
+            worker = Supervisor(command(grant.ray_address, grant.ray_token), self.folder / "ray-worker.log",
+                                refresh=current, precheck=lambda: ray_port_problem(grant.ray_address))
         self.agent = Agent(self.probe, self.cfg.policy, worker)
         self.agent.tick()
         self.agent_address = f"{host}:{port}"
         self.server, _ = serve_agent(self.agent, f"{host}:{port}", tls=TlsIdentity(key_pem, self.grant.cert_pem),
                                      node_token=self.grant.node_token)
         threading.Thread(target=self.agent.run, name="agent", daemon=True).start()
+        self._tell_models()
+
+    def _tell_models(self) -> None:
+        """Tell the head this PC's model lists (when the owner gave them) and the synced models on its disk."""
+        assert self.grant is not None
+        host, port = split_address(self.cfg.head, HEAD_PORT)
+        head = HeadModels(open_channel(host, port, self.grant.ca_pem), bearer(self.grant.node_token),
+                          where=f"the head at {host}:{port}")
+        try:
+            if self.cfg.models is not None or self.cfg.deny_models is not None:  # asked for: a refusal stops the join
+                head.set_rules(node_name("--name", self.cfg.name), self.cfg.models or (), self.cfg.deny_models or ())
+            stored = ModelStore(self.cfg.home / "models" / "hub").stored()
+            try:
+                head.report(stored, 0.0)
+            except FarmError as e:  # the planner then counts this PC as holding none of them: it still renders
+                log.warning("could not tell the head which models this PC holds: %s", e)
+        finally:
+            head.close()
 
     @property
     def node_names(self) -> Sequence[str]:

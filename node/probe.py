@@ -118,15 +118,26 @@ class HostProbe:
                         cpu_count=psutil.cpu_count() or 1, ram_total_gib=psutil.virtual_memory().total / GIB,
                         gpus=self.gpu_source.gpus())
 
-    def telemetry(self) -> Telemetry:
+    def telemetry(self, every_process: bool = True) -> Telemetry:
+        """One reading. `every_process`: every running program (the owner's rules look for games by
+        name); otherwise only those holding GPU memory, far cheaper on a PC with hundreds of them."""
         held = self.gpu_source.gpu_memory()
-        processes = tuple(ProcessSample(p.info["pid"], p.info["name"] or "", p.info["pid"] in held,
-                                        held.get(p.info["pid"], 0.0))
-                          for p in psutil.process_iter(["pid", "name"]))
+        if every_process:
+            named = [(p.info["pid"], p.info["name"] or "") for p in psutil.process_iter(["pid", "name"])]
+        else:
+            named = [(pid, _name(pid)) for pid in held]
+        processes = tuple(ProcessSample(pid, name, pid in held, held.get(pid, 0.0)) for pid, name in named)
         ram = psutil.virtual_memory()
         return Telemetry(time=time.time(), gpus=self.gpu_source.gpus(), cpu_percent=psutil.cpu_percent(None),
                          ram_used_gib=(ram.total - ram.available) / GIB, ram_total_gib=ram.total / GIB,
                          processes=processes)
+
+
+def _name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:  # it ended, or is not ours to read
+        return ""
 
 
 def process_tree(pid: int | None) -> set[int]:

@@ -35,7 +35,7 @@ class Head:
     def client(self, token: str | None = "", roots: bytes | None | str = "") -> FarmClient:
         roots_pem = self.creds.tls.cert_pem if roots == "" else roots
         return FarmClient(open_channel("127.0.0.1", self.port, roots_pem),  # type: ignore[arg-type]
-                          self.creds.tokens.farm_token if token == "" else token, timeout=5)
+                          self.creds.tokens.admin_token if token == "" else token, timeout=5)
 
 
 class FakeProbe:
@@ -48,5 +48,6 @@ class FakeProbe:
     def hardware(self) -> Hardware:
         return Hardware("pc1", "Linux test", 4, 16.0, self.gpus)
 
-    def telemetry(self) -> Telemetry:
-        return Telemetry(time.time(), self.gpus, 5.0, 4.0, 16.0, tuple(self.processes))
+    def telemetry(self, every_process: bool = True) -> Telemetry:
+        shown = self.processes if every_process else [p for p in self.processes if p.uses_gpu]
+        return Telemetry(time.time(), self.gpus, 5.0, 4.0, 16.0, tuple(shown))

@@ -51,6 +51,7 @@ class FakeFarm:
         self.log: list[Event] = list(events)
         self.previews: dict[tuple[str, int], bytes] = {}
         self.calls: list[tuple[object, ...]] = []
+        self.init_images: dict[str, bytes] = {}  # img2img jobs' init images by their hash, as submitted
         self.reads: Counter[str] = Counter()
         self.down = ""  # when set, every read fails with this message, like a head that went away
         self.gate = threading.Event()  # list_jobs waits for it: clear it to play a slow head
@@ -79,9 +80,11 @@ class FakeFarm:
 
     # ----- FarmService: jobs --------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> str:
+    def submit(self, spec: JobSpec, init_image: bytes | None = None) -> str:
         with self._cv:
             self.calls.append(("submit", spec))
+            if init_image is not None:
+                self.init_images[spec.init_image] = init_image
             n = len(self.jobs) + 1
             while f"j{n}" in self.jobs:
                 n += 1
@@ -93,12 +96,15 @@ class FakeFarm:
             self.emit("job_submitted", job_id, message=f"{samples} samples, {spec.model}")
             return job_id
 
-    def list_jobs(self) -> list[JobView]:
+    def list_jobs(self, after: str = "", limit: int | None = None) -> list[JobView]:
         self.gate.wait()
         with self._cv:
             self._check_up()
             self.reads["list_jobs"] += 1
-            return [self.jobs[j] for j in self._in_seq_order()]
+            if not after and limit is None:
+                return [self.jobs[j] for j in self._in_seq_order()]
+            ids = sorted(j for j in self.jobs if j > after)
+            return [self.jobs[j] for j in (ids if limit is None else ids[:limit])]
 
     def get_job(self, job_id: str) -> JobView:
         with self._cv:
@@ -112,6 +118,13 @@ class FakeFarm:
             self._set_status(job_id, JobStatus.CANCELLED)
             for key in [k for k in self.previews if k[0] == job_id]:
                 del self.previews[key]
+
+    def forget_job(self, job_id: str) -> None:
+        with self._cv:
+            self.calls.append(("forget_job", job_id))
+            if self._job(job_id).status not in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED):
+                raise InvalidInput("job", f"{job_id} is {self._job(job_id).status}: only an ended job can be removed")
+            del self.jobs[job_id]
 
     def pause_job(self, job_id: str) -> None:
         with self._cv:

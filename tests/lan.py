@@ -4,7 +4,7 @@ Layout, all of it made here and removed by `Lan.close` (also when a test fails):
 
 - one namespace `<tag>-br` holding a bridge `br0` (nothing is added to the caller's namespace);
 - per PC a namespace `<tag>-<pc>` with one veth (`eth0`) whose peer sits on the bridge, the address
-  `SUBNET.<n>/24`, loopback up, and a default route via `SUBNET.254` (no host has it: a home PC has
+  `<subnet>.<n>/24`, loopback up, and a default route via `<subnet>.254` (no host has it: a home PC has
   a default route, and Ray finds its own address from it; nothing answers there, so nothing leaves);
 - per PC its own host name (`unshare --uts`), HOME, FARM_HOME and TMPDIR (Ray's session folder)
   under one short root folder (Unix socket paths must stay under 108 characters).
@@ -31,14 +31,18 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from waiting import wait_for
 
-SUBNET = "10.213.0"  # a test range of our own; only these addresses ever carry traffic
-GATEWAY = f"{SUBNET}.254"
+# A test range of our own (only these addresses ever carry traffic): SUBNET.<k>.0/24, k from the LAN's
+# tag. Each LAN gets its own: Ray finds "its" GCS by looking for gcs_server processes with its address
+# in `ps`, which shows every namespace's processes, so two LANs with one address range (runs side by
+# side) would take each other's Ray heads for their own (`ray start --head`: "already running").
+SUBNET = "10.213"
 HEAD_PORT = 7070
 RAY_PORT = 6379
 REPO = Path(__file__).resolve().parent.parent
@@ -197,10 +201,12 @@ class Lan:
         self.tag = tag or f"fl{uuid.uuid4().hex[:6]}"
         self.root = root or Path(tempfile.mkdtemp(prefix="lan-", dir="/tmp"))
         self.bridge_ns = f"{self.tag}-br"
+        self.subnet = f"{SUBNET}.{zlib.crc32(self.tag.encode()) % 250 + 1}"
         self.pcs: dict[str, Pc] = {}
         self.namespaces: list[str] = []
         self.head: Pc | None = None
-        self.token = ""
+        self.token = ""  # the admin token: what the CLI presents
+        self.join_token = ""  # what `farm join` presents (through FARM_TOKEN, as the printed line does)
         self.followers: list[Events] = []
         self._made_root = root is None
         self._add_ns(self.bridge_ns)
@@ -216,7 +222,7 @@ class Lan:
 
     def add_pc(self, name: str) -> Pc:
         n = len(self.pcs) + 1
-        pc = Pc(name, f"{self.tag}-{name}", f"{SUBNET}.{n}", self.root / name)
+        pc = Pc(name, f"{self.tag}-{name}", f"{self.subnet}.{n}", self.root / name)
         for folder in (pc.home, pc.farm_home, pc.root / "t"):
             folder.mkdir(parents=True, exist_ok=True)
         self._add_ns(pc.ns)
@@ -226,28 +232,32 @@ class Lan:
         _ip("link", "set", port, "up", ns=self.bridge_ns)
         _ip("addr", "add", f"{pc.address}/24", "dev", "eth0", ns=pc.ns)
         _ip("link", "set", "eth0", "up", ns=pc.ns)
-        _ip("route", "add", "default", "via", GATEWAY, ns=pc.ns)
+        _ip("route", "add", "default", "via", f"{self.subnet}.254", ns=pc.ns)
         self.pcs[name] = pc
         return pc
 
-    def spawn(self, pc: Pc, *args: str) -> subprocess.Popen[str]:
-        """Start `farm ARGS` as this PC's daemon (stdout piped for its lines, stderr to its log)."""
+    def spawn(self, pc: Pc, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start `farm ARGS` as this PC's daemon (stdout piped for its lines, stderr to its log), with
+        `env` added to the PC's environment."""
         assert pc.proc is None or pc.proc.poll() is not None, f"{pc.name} already runs {pc.proc.pid}"
         with pc.log.open("a") as log:
             log.write(f"\n===== {time.strftime('%H:%M:%S')} farm {' '.join(args)}\n")
             log.flush()
-            pc.proc = subprocess.Popen(pc.argv([*FARM, *args]), env=pc.env(), cwd=pc.root, stdout=subprocess.PIPE,
+            pc.proc = subprocess.Popen(pc.argv([*FARM, *args]), env={**pc.env(), **(env or {})}, cwd=pc.root,
+                                       stdout=subprocess.PIPE,
                                        stderr=log, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         pc.lines = []
         return pc.proc
 
     def start_head(self, pc: Pc, *extra: str, timeout: float = 240) -> str:
-        """`farm head --advertise <its address>` on `pc`; returns the join token it prints."""
+        """`farm head --advertise <its address>` on `pc`; returns the admin token (from its folder).
+        The join line it prints, `FARM_TOKEN=T farm join ADDR`, gives the join token."""
         self.spawn(pc, "head", "--advertise", pc.address, "--simulate-gpu", "8", "--out", str(pc.root / "out"),
                    "--state", str(pc.root / "state"), *extra)
-        line = pc.read_line("farm join", timeout).split()
-        assert line[2] == f"{pc.address}:{HEAD_PORT}", line
-        self.head, self.token = pc, line[4]
+        line = pc.read_line("FARM_TOKEN=", timeout).split()
+        assert line[1:3] == ["farm", "join"] and line[3] == f"{pc.address}:{HEAD_PORT}", line
+        self.head, self.join_token = pc, line[0].removeprefix("FARM_TOKEN=")
+        self.token = (pc.farm_home / "head" / "admin-token").read_text().strip()
         return self.token
 
     def restart_head(self, *extra: str, timeout: float = 240) -> None:
@@ -255,13 +265,13 @@ class Lan:
         assert self.head is not None
         self.stop(self.head)
         token = self.start_head(self.head, *extra, timeout=timeout)
-        assert token == self.token, "a restarted head keeps its farm token"
+        assert token == self.token, "a restarted head keeps its admin token"
 
     def join(self, pc: Pc, *extra: str, timeout: float = 180) -> str:
-        """`farm join HEAD --token T --simulate-gpu 8` on `pc` (its name: its host name); the 'joined' line."""
+        """`FARM_TOKEN=T farm join HEAD --simulate-gpu 8` on `pc` (its name: its host name); the 'joined' line."""
         assert self.head is not None
-        self.spawn(pc, "join", f"{self.head.address}:{HEAD_PORT}", "--token", self.token, "--simulate-gpu", "8",
-                   *extra)
+        self.spawn(pc, "join", f"{self.head.address}:{HEAD_PORT}", "--simulate-gpu", "8", *extra,
+                   env={"FARM_TOKEN": self.join_token})
         return pc.read_line("joined", timeout)
 
     def stop(self, pc: Pc, timeout: float = 90) -> None:
@@ -418,3 +428,48 @@ def _print_events(head: str, token: str, after: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["events"]:
         _print_events(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+
+
+# ----- model sync (tests/test_lan_models.py, bench/model_sync.py) ----------------------------------
+
+
+def install_hf_model(pc: Pc, repo_id: str, source: Path, padding: int = 0) -> Path:
+    """Put a copy of the diffusers folder `source` into `pc`'s own Hugging Face cache as `repo_id`, as
+    `huggingface-cli download` leaves it (blobs, a snapshot of links, refs/main), with `padding` bytes of
+    extra file (`padding.bin`, pseudo-random) to make a transfer take long enough. Returns the snapshot."""
+    import hashlib
+
+    repo = pc.home / ".cache" / "huggingface" / "hub" / ("models--" + repo_id.replace("/", "--"))
+    revision = hashlib.sha1(f"{repo_id}:{padding}".encode()).hexdigest()
+    snapshot = repo / "snapshots" / revision
+    files = [(p.relative_to(source).as_posix(), p.read_bytes()) for p in sorted(source.rglob("*")) if p.is_file()]
+    if padding:
+        block = hashlib.sha256(repo_id.encode()).digest() * (2**20 // 32)
+        files.append(("padding.bin", (block * (padding // len(block) + 1))[:padding]))
+    for rel, data in files:
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def limit_rate(pc: Pc, rate: str) -> None:
+    """Shape what `pc` sends and receives on its cable to `rate` (tc syntax, e.g. '40mbit'): traffic
+    to the PC is limited on the bridge's end of its cable, traffic from it on its own end."""
+    n = pc.address.rsplit(".", 1)[1]
+    bridge = pc.ns.rsplit("-", 1)[0] + "-br"
+    for ns, dev in ((pc.ns, "eth0"), (bridge, f"p{n}")):
+        subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+                        "burst", "64kb", "latency", "200ms"], check=True, capture_output=True)
+
+
+def unlimit_rate(pc: Pc) -> None:
+    n = pc.address.rsplit(".", 1)[1]
+    bridge = pc.ns.rsplit("-", 1)[0] + "-br"
+    for ns, dev in ((pc.ns, "eth0"), (bridge, f"p{n}")):
+        subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)

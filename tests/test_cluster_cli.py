@@ -117,12 +117,14 @@ def test_nodes_and_node_commands(head: LocalHead, capsys: pytest.CaptureFixture[
 
 
 def test_token_rotate_then_the_old_token_is_refused(head: LocalHead, capsys: pytest.CaptureFixture[str]) -> None:
-    old = head.creds.tokens.farm_token
+    old = head.creds.tokens.join_token
     code, out, _ = run(capsys, "token", "rotate")
-    assert code == 0 and out.strip() == head.creds.tokens.farm_token != old
+    assert code == 0 and out.strip() == head.creds.tokens.join_token != old
     code, _, err = run(capsys, "jobs", "--head", f"127.0.0.1:{head.port}", "--token", old)
     assert code == 1 and "refused the token" in err and len(err.splitlines()) == 1
-    assert run(capsys, "jobs", "--head", f"127.0.0.1:{head.port}", "--token", out.strip())[0] == 0
+    # The new join token joins PCs and nothing else: one line, exit 2.
+    code, _, err = run(capsys, "jobs", "--head", f"127.0.0.1:{head.port}", "--token", out.strip())
+    assert code == 2 and "not allowed for the join role" in err and len(err.splitlines()) == 1
 
 
 def test_node_remove_unknown_is_not_found(head: LocalHead, capsys: pytest.CaptureFixture[str]) -> None:

@@ -98,10 +98,12 @@ def test_a_joined_pc_renders_on_a_head_over_loopback(farm: Farm, monkeypatch: py
     head = farm.spawn("head", "head", "--advertise", "127.0.0.1", "--bind", "127.0.0.1", "--port", "0",
                       "--ray-port", str(ray_port), "--http", f"127.0.0.1:{free_port()}", "--simulate-gpu", "8",
                       "--name", "headpc", "--out", "out")
-    join_cmd = read_line(head, "farm join", timeout=240).split()
-    address, token = join_cmd[2], join_cmd[4]
-    joined = farm.spawn("pc2", "join", address, "--token", token, "--simulate-gpu", "12", "--name", "pc2",
-                        "--listen", "127.0.0.1:0")
+    join_cmd = read_line(head, "FARM_TOKEN=", timeout=240).split()  # FARM_TOKEN=T farm join ADDRESS
+    address, join_token = join_cmd[3], join_cmd[0].removeprefix("FARM_TOKEN=")
+    token = (farm.root / "head" / "head" / "admin-token").read_text().strip()
+    (farm.root / "join-token").write_text(join_token)
+    joined = farm.spawn("pc2", "join", address, "--token-file", str(farm.root / "join-token"), "--simulate-gpu",
+                        "12", "--name", "pc2", "--listen", "127.0.0.1:0")
     read_line(joined, "joined", timeout=120)
 
     # Ray itself refuses a client without the cluster's token.

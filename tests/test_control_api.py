@@ -18,10 +18,10 @@ from farm.api.control_client import FarmClient, open_channel
 from farm.api.control_server import serve_control
 from farm.cluster.credentials import HeadCredentials
 from farm.cluster.membership import Membership
-from farm.cluster.pki import FarmCA, PinMismatch, fetch_pinned_cert, new_key_and_csr, node_host, pin
+from farm.cluster.pki import FarmCA, PinMismatch, fetch_pinned_cert, new_key_and_csr, node_host, pin, serial_host
 from farm.contracts.control import NodeShare, NodeStatus, OwnerPolicy, ShardView
 from farm.contracts.domain import JobStatus
-from farm.contracts.errors import FarmError, InvalidInput, NotFound, Unauthenticated, Unreachable
+from farm.contracts.errors import FarmError, InvalidInput, NotFound, PermissionDenied, Unauthenticated, Unreachable
 from farm.jobs.jobspec import make_job
 from protos.farm.v1 import control_pb2, control_pb2_grpc
 
@@ -41,7 +41,7 @@ def test_every_farm_rpc_round_trips(head: Head) -> None:
     c = head.client()
     spec = job(priority=5, owner="ana")
     job_id = c.submit(spec)
-    assert c.get_job(job_id).spec == spec
+    assert c.get_job(job_id).spec == replace(spec, owner="admin")  # the token's user owns it, not the field
     assert [j.id for j in c.list_jobs()] == [job_id]
     assert c.get_job(job_id).samples_total == 4 and c.get_job(job_id).status == JobStatus.QUEUED
     c.set_priority(job_id, 9)
@@ -87,8 +87,10 @@ def test_join_issues_a_node_certificate_and_the_ray_address(head: Head) -> None:
     grant = head.client().join("pc3", csr, HARDWARE, ":7071", OwnerPolicy(vram_cap_gib=16.0))
     cert = x509.load_pem_x509_certificate(grant.cert_pem)
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(grant.ca_pem))
-    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName) == [node_host("pc3")]
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [node_host("pc3"), serial_host(cert.serial_number,
+                                                                                     node_host("pc3")), "localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]  # for Ray's TLS
     assert (grant.ray_address, grant.ray_token) == ("10.0.0.1:6379", "ray-secret")
     assert [(n.name, n.vram_gib, n.gpu) for n in grant.nodes] == [("pc3-gpu0", 16.0, "RTX 4090"),
                                                                    ("pc3-gpu1", 12.0, "RTX 3060")]
@@ -96,9 +98,9 @@ def test_join_issues_a_node_certificate_and_the_ray_address(head: Head) -> None:
     # The node token lets that node join again (after a restart), and nothing else.
     again = head.client(token=grant.node_token).join("pc3", csr, HARDWARE, ":7071", OwnerPolicy())
     assert again.node_token != grant.node_token
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(PermissionDenied):
         head.client(token=again.node_token).join("pc4", csr, HARDWARE, ":7071", OwnerPolicy())
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(PermissionDenied):
         head.client(token=again.node_token).list_jobs()
     assert head.joined == ["pc3", "pc3"]
     # A restarted head knows its PCs again, with the token to reach each agent; only its owner can read it.
@@ -119,15 +121,19 @@ def test_removed_node_cannot_join_again_with_its_token(head: Head) -> None:
         head.client().remove_node("pc3")
 
 
-def test_rotated_token_replaces_the_old_one(head: Head) -> None:
-    old = head.creds.tokens.farm_token
+def test_rotated_join_token_replaces_the_old_one_and_nothing_else(head: Head) -> None:
+    old = head.creds.tokens.join_token
     new = head.client().rotate_token()
     assert new != old and pin(head.creds.tls.cert_pem) in new
+    _, csr = new_key_and_csr("pc3")
     with pytest.raises(Unauthenticated):
-        head.client(token=old).list_jobs()
-    assert head.client(token=new).list_jobs() == []
+        head.client(token=old).join("pc3", csr, HARDWARE, ":7071", OwnerPolicy())
+    assert head.client(token=new).join("pc3", csr, HARDWARE, ":7071", OwnerPolicy()).nodes
+    with pytest.raises(PermissionDenied):  # a join token joins, and does nothing else
+        head.client(token=new).list_jobs()
+    assert head.client().list_jobs() == []  # the admin token is unchanged
     # A restarted head reads the rotated token back.
-    assert HeadCredentials.load_or_create(head.creds.folder).tokens.farm_token == new
+    assert HeadCredentials.load_or_create(head.creds.folder).tokens.join_token == new
 
 
 @pytest.mark.parametrize("token", [None, "farm1.0.wrong", "Bearer"])
@@ -139,12 +145,13 @@ def test_missing_or_wrong_token_is_unauthenticated_and_reaches_nothing(head: Hea
         c.rotate_token()
     with pytest.raises(Unauthenticated):
         c.events(0)
-    assert head.farm.jobs == {} and head.creds.tokens.farm_token.startswith("farm1.")
+    assert head.farm.jobs == {} and head.creds.tokens.admin_token.startswith("farm1.")
 
 
 def test_tls_is_required_and_only_the_farm_ca_is_trusted(head: Head, tmp_path: Path) -> None:
     with pytest.raises(Unreachable):
-        FarmClient(grpc.insecure_channel(f"127.0.0.1:{head.port}"), head.creds.tokens.farm_token, timeout=3).list_jobs()
+        FarmClient(grpc.insecure_channel(f"127.0.0.1:{head.port}"), head.creds.tokens.admin_token,
+                   timeout=3).list_jobs()
     other = FarmCA.load_or_create(tmp_path / "other").head_identity(tmp_path / "other").cert_pem
     with pytest.raises(Unreachable):
         head.client(roots=other).list_jobs()
@@ -196,7 +203,7 @@ def test_bad_messages_are_invalid_argument_naming_the_field_and_lose_nothing(
     queued = head.client().submit(job())
     stub = control_pb2_grpc.FarmControlStub(open_channel("127.0.0.1", head.port, head.creds.tls.cert_pem))
     with pytest.raises(grpc.RpcError) as e:
-        auth = (("authorization", f"Bearer {head.creds.tokens.farm_token}"),)
+        auth = (("authorization", f"Bearer {head.creds.tokens.admin_token}"),)
         getattr(stub, method)(request_, metadata=auth, timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     assert e.value.details().startswith(f"{field}: ") and "\n" not in e.value.details()

@@ -24,8 +24,9 @@ from node.simulated import simulated_nodes
 from protos.farm.v1 import control_pb2
 
 SERVICE = control_pb2.DESCRIPTOR.services_by_name["FarmControl"]
-# Streams are long-lived; token rotation and node removal change who may call at all.
-SKIP = {"StreamEvents", "RotateToken", "RemoveNode"}
+# Streams are long-lived; token rotation and node removal change who may call at all; RayToken is a
+# joined PC's (this test calls with the admin token: tests/test_security_access.py has every role).
+SKIP = {"StreamEvents", "RotateToken", "RemoveNode", "RayToken"}
 METHODS = [m for m in SERVICE.methods if not m.server_streaming and m.name not in SKIP]
 CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 
@@ -71,7 +72,7 @@ def head(tmp_path_factory: pytest.TempPathFactory):
     server, port = serve_control(farm, "127.0.0.1:0", tls=creds.tls, tokens=creds.tokens, membership=members)
     queued = farm.submit(make_job(prompts=["kept"], seeds=2, steps=4))
     channel = open_channel("127.0.0.1", port, creds.tls.cert_pem)
-    yield farm, channel, creds.tokens.farm_token, queued
+    yield farm, channel, creds.tokens.admin_token, queued
     server.stop(None)
 
 

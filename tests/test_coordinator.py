@@ -193,7 +193,8 @@ def test_failing_node_is_blocklisted_for_the_job_and_the_job_still_finishes() ->
     job_id = c.submit(small_job())
     run_until_final(c, job_id)
     assert c.get_job(job_id).status == JobStatus.DONE
-    assert sum(1 for n, _ in ex.tasks if n == "sim-24gb") == 3
+    # at most `blocklist_after` tries there (fewer when its shards moved to nodes predicted to be sooner)
+    assert 1 <= sum(1 for n, _ in ex.tasks if n == "sim-24gb") <= 3
     assert sorted(i for _, i, _ in sink.written) == list(range(6))
 
 

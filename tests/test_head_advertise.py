@@ -13,13 +13,14 @@ class FakeHead:
 
     def __init__(self, config, gpus) -> None:  # type: ignore[no-untyped-def]
         self.config, self.port, self.http = config, 7070, None
+        self.folder = config.home / "head"
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
 
     def join_command(self) -> str:
-        return f"farm join {self.config.advertise}:{self.port} --token farm1.x.y"
+        return f"FARM_TOKEN=farm1.x.y farm join {self.config.advertise}:{self.port}"
 
 
 @pytest.fixture
@@ -50,4 +51,4 @@ def test_the_advertised_address_is_printed(fake_head: None, monkeypatch: pytest.
     lines = capsys.readouterr().out.splitlines()
     advertising = next(line for line in lines if line.startswith("advertising "))
     assert advertising.split()[1] == shown and "farm join" not in advertising
-    assert f"farm join {shown}:7070 --token" in lines[lines.index(advertising) + 1]
+    assert lines[lines.index(advertising) + 1].endswith(f" farm join {shown}:7070")

@@ -39,7 +39,8 @@ def test_a_head_serves_a1111_clients_metrics_and_remote_fetches(farm: Farm) -> N
                       "--ray-port", str(free_port()), "--simulate-gpu", "12", "--name", "headpc", "--out", "out",
                       "--http", f"127.0.0.1:{port}")
     assert read_line(head, "A1111-compatible API", timeout=240).endswith(f"on http://127.0.0.1:{port}")
-    address, token = read_line(head, "farm join", timeout=60).split()[2:5:2]
+    address = read_line(head, "FARM_TOKEN=", timeout=60).split()[3]
+    token = (farm.root / "head" / "head" / "admin-token").read_text().strip()  # the job's owner is `local`
 
     api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
     r = api.txt2img(prompt="a white triangle on a black background", seed=11, steps=4, width=64, height=64,

@@ -20,10 +20,11 @@ from fake_farm import FakeFarm
 from http_harness import PROMPT, Served
 from waiting import wait_until
 
-from farm.api.http import farm_token_users, make_app
+from farm.api.http import make_app, token_users
 from farm.api.http_server import HttpServer, needs_credentials, parse_http
 from farm.cli.main import main
 from farm.cluster.credentials import HeadCredentials
+from farm.cluster.tokens import TokenStore
 from farm.contracts.domain import JobStatus
 from farm.contracts.errors import FarmError, InvalidInput
 from farm.runtime.executor import RayExecutor
@@ -124,26 +125,31 @@ def test_options_refuse_an_unknown_model(served: Served) -> None:
 
 
 @pytest.fixture
-def guarded(tmp_path: Path) -> Iterator[tuple[FakeFarm, str]]:
-    """The API as off loopback: a credential on every request (the farm token `secret`)."""
+def guarded(tmp_path: Path) -> Iterator[tuple[FakeFarm, str, TokenStore]]:
+    """The API as off loopback: a credential on every request (the head's own user tokens)."""
     farm = FakeFarm()
-    app = make_app(farm, authenticate=farm_token_users(lambda t: t == "secret"), require_credentials=True)
+    tokens = HeadCredentials.load_or_create(tmp_path / "head").tokens
+    app = make_app(farm, authenticate=token_users(tokens.identify), require_credentials=True)
     server = HttpServer(app, "127.0.0.1", 0)
     server.start()
-    yield farm, server.url
+    yield farm, server.url, tokens
     server.stop()
 
 
-def test_off_loopback_every_request_needs_the_token(guarded: tuple[FakeFarm, str]) -> None:
-    farm, url = guarded
+def test_off_loopback_every_request_needs_a_user_token(guarded: tuple[FakeFarm, str, TokenStore]) -> None:
+    farm, url, tokens = guarded
+    secret = tokens.issue_user_token("ana")
     assert requests.get(f"{url}/sdapi/v1/options", timeout=10).status_code == 401
     assert requests.get(f"{url}/sdapi/v1/options", auth=("ana", "wrong"), timeout=10).status_code == 401
     assert requests.get(f"{url}/sdapi/v1/sd-models", headers={"Authorization": "Bearer nope"},
                         timeout=10).status_code == 401
-    assert requests.get(f"{url}/sdapi/v1/options", headers={"Authorization": "Bearer secret"},
+    for not_a_user in (tokens.join_token, tokens.issue_node_token("pc1")):  # PCs' credentials open no API
+        assert requests.get(f"{url}/sdapi/v1/options", auth=("ana", not_a_user), timeout=10).status_code == 401
+    assert requests.get(f"{url}/sdapi/v1/options", headers={"Authorization": f"Bearer {secret}"},
                         timeout=10).status_code == 200
-    # A1111's --api-auth style: the user name owns the job; interrupt cancels it and txt2img answers.
-    api = webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), username="ana", password="secret")
+    # A1111's --api-auth style: the token's user owns the job, whatever user name the client claims;
+    # interrupt cancels it and txt2img answers.
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), username="mallory", password=secret)
     answer: dict[str, webuiapi.WebUIApiResult] = {}
     run = threading.Thread(target=lambda: answer.update(r=api.txt2img(prompt=PROMPT, width=64, height=64)))
     run.start()

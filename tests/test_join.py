@@ -34,7 +34,7 @@ def joined(head: Head, home: Path, token: str) -> JoinedNode:
 
 
 def test_join_serves_the_agent_with_the_issued_certificate(head: Head, tmp_path: Path) -> None:
-    node = joined(head, tmp_path / "pc5", head.creds.tokens.farm_token)
+    node = joined(head, tmp_path / "pc5", head.creds.tokens.join_token)
     try:
         assert node.node_names == ["pc5"] and head.joined == ["pc5"]
         (member,) = head.members.members()
@@ -48,7 +48,7 @@ def test_join_serves_the_agent_with_the_issued_certificate(head: Head, tmp_path:
 
 
 def test_a_joined_pc_comes_back_after_a_token_rotation(head: Head, tmp_path: Path) -> None:
-    old = head.creds.tokens.farm_token
+    old = head.creds.tokens.join_token
     joined(head, tmp_path / "pc5", old).stop()
     head.creds.tokens.rotate()
     again = joined(head, tmp_path / "pc5", old)  # the systemd unit still has the old token

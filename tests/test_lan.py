@@ -16,9 +16,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from lan import Lan, Pc, unavailable
 from PIL import Image
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 WHY = unavailable()
@@ -95,6 +97,7 @@ def farm() -> Iterator[Farm]:
     if WHY:
         pytest.skip(f"multi-PC tests need network namespaces: {WHY}")
     lan = Lan()
+    print(f"LAN in {lan.root}")
     try:
         yield Farm(lan)
     finally:
@@ -117,7 +120,7 @@ def test_b_a_restarted_join_renders_in_the_next_job(farm: Farm) -> None:
     began = time.monotonic()
     farm.lan.join(farm.b)
     farm.wait_idle("pcb")
-    print(f"pcb: join to idle {time.monotonic() - began:.1f} s")
+    print(f"figure: pcb join to idle {time.monotonic() - began:.1f} s")
     # The others paused (the planner would rightly leave a tiny job to nodes it knows are fast): the
     # job can only render on the restarted PC.
     for other in ("headpc", "pca"):
@@ -127,7 +130,7 @@ def test_b_a_restarted_join_renders_in_the_next_job(farm: Farm) -> None:
         job, outputs = farm.submit(farm.b, "after-restart")
         first = farm.events.wait(lambda e: e["kind"] == "segment_started" and e["node"] == "pcb", 5,
                                  "pcb's first segment", after=seq)
-        print(f"pcb: join to first segment {first['time'] - (time.time() - (time.monotonic() - began)):.1f} s")
+        print(f"figure: pcb join to first segment {first['time'] - (time.time() - (time.monotonic() - began)):.1f} s")
     finally:
         for other in ("headpc", "pca"):
             farm.lan.cli(farm.b, "node", "resume", other)
@@ -161,8 +164,8 @@ def test_c_a_pc_killed_mid_job_its_work_resumes_elsewhere(farm: Farm) -> None:
                and str(e["message"]).startswith(shard + "#")]
     assert resumed or finished_on_pca, after
     if not finished_on_pca:  # the kill landed mid-segment (the usual case): that shard ran elsewhere
-        print(f"pca's shard {shard} resumed on {resumed[0]['node']} {resumed[0]['time'] - killed_at:.1f} s "
-              "after the kill")
+        print(f"figure: a killed PC's work resumed elsewhere: pca's shard {shard} on {resumed[0]['node']} "
+              f"{resumed[0]['time'] - killed_at:.1f} s after the kill")
         assert [e for e in after if e["kind"] == "node_lost" and e["node"] == "pca"], after
     farm.check_same(farm.fetch(farm.b, job, "after-kill"))
     nodes = farm.lan.nodes()
@@ -177,3 +180,135 @@ def test_c2_a_killed_pc_that_joins_again_takes_work(farm: Farm) -> None:
         pytest.skip("needs pca killed by the previous scenario")
     farm.lan.join(farm.a)
     farm.wait_idle("pca", timeout=150)
+
+
+def submit_detached(farm: Farm, pc: Pc) -> str:
+    """`farm submit --detach` from `pc`: the job id."""
+    (pc.root / "job.toml").write_text(JOB)
+    r = farm.lan.cli(pc, "submit", "job.toml", "--detach")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def wait_end(farm: Farm, job: str, after: int, timeout: float = 300) -> None:
+    end = farm.events.wait(lambda e: e["kind"] in ("job_done", "job_failed") and e["job"] == job, timeout,
+                           f"job {job} to end", after=after)
+    assert end["kind"] == "job_done", f"{end}\n{farm.logs()}"
+
+
+def render_only_on(farm: Farm, pc: Pc, out: str) -> dict[str, Path]:
+    """The job rendered with every other node paused (the planner would rightly leave a tiny job to
+    nodes it knows are fast), so it can only run on `pc`; its outputs, checked."""
+    others = [n for n in ("headpc", "pca", "pcb") if n != pc.name]
+    for other in others:
+        assert farm.lan.cli(pc, "node", "pause", other).returncode == 0
+    try:
+        _, outputs = farm.submit(pc, out)
+    finally:
+        for other in others:
+            farm.lan.cli(pc, "node", "resume", other)
+    farm.check_same(outputs)
+    assert set().union(*nodes_of(outputs).values()) == {pc.name}, nodes_of(outputs)
+    return outputs
+
+
+def test_d_the_head_restarted_mid_job_its_pcs_reconnect_by_themselves(farm: Farm) -> None:
+    """`farm head` stopped as systemd stops it (SIGTERM) while a job runs, and started again with the
+    same FARM_HOME and state: the job completes, and the PCs come back without a new `farm join`."""
+    if not farm.reference:
+        pytest.skip("needs the undisturbed run of the first scenario")
+    farm.wait_idle("headpc", "pca", "pcb", timeout=150)
+    farm.events = farm.lan.follow(farm.a, after=farm.events.last_seq)  # the head PC's own follower dies with it
+    seq = farm.events.last_seq
+    job = submit_detached(farm, farm.b)
+    farm.events.wait(lambda e: e["kind"] == "segment_finished" and e["job"] == job, 120,
+                     "a first segment of the job", after=seq)
+    began = time.monotonic()
+    farm.lan.restart_head()
+    restarted = time.monotonic()
+    wait_end(farm, job, seq)
+    farm.wait_idle("headpc", "pca", "pcb", timeout=120)
+    print(f"figure: head restarted in {restarted - began:.1f} s; job done and every PC idle "
+          f"{time.monotonic() - restarted:.1f} s later")
+    farm.check_same(farm.fetch(farm.b, job, "after-head-restart"))
+
+
+def test_d2_the_head_pc_powered_off_and_on_its_pcs_reconnect_by_themselves(farm: Farm) -> None:
+    """Every process of the head PC killed at once (SIGKILL, a power cut) and `farm head` started again:
+    the PCs come back by themselves and the next job renders."""
+    if not farm.reference:
+        pytest.skip("needs the undisturbed run of the first scenario")
+    farm.lan.kill(farm.head)
+    began = time.monotonic()
+    farm.lan.start_head(farm.head)
+    farm.wait_idle("headpc", "pca", "pcb", timeout=150)
+    print(f"figure: head PC power cut: every PC idle {time.monotonic() - began:.1f} s after `farm head` started again")
+    _, outputs = farm.submit(farm.b, "after-power-cut")
+    farm.check_same(outputs)
+
+
+def test_e_a_blocked_ray_port_shows_the_rule_and_the_pc_returns_by_itself(farm: Farm) -> None:
+    """A PC whose firewall drops the head's Ray port joins (its agent is reachable) and shows offline
+    with the port and the rule to add; once the port opens it returns by itself and renders."""
+    if not farm.reference:
+        pytest.skip("needs the undisturbed run of the first scenario")
+    farm.lan.stop(farm.b)
+    farm.lan.block_ray(farm.b)
+    try:
+        farm.lan.join(farm.b)
+        nodes = farm.lan.wait_nodes(lambda n: n.get("pcb", {}).get("status") == "offline"
+                                    and "6379" in str(n["pcb"].get("reason")), 60, "pcb offline naming the Ray port")
+    finally:
+        opened = time.monotonic()
+        farm.lan.unblock_ray(farm.b)
+    reason = str(nodes["pcb"]["reason"])
+    assert f"{farm.head.address}:6379" in reason and "allow TCP port 6379" in reason, reason
+    farm.wait_idle("pcb", timeout=60)
+    print(f"figure: recovery after a blocked Ray port opens: pcb idle {time.monotonic() - opened:.1f} s later")
+    render_only_on(farm, farm.b, "after-unblock")
+
+
+def test_f_pause_resume_drain_and_remove_through_the_cli(farm: Farm) -> None:
+    """`farm node pause/resume/drain` mid-job: the states `farm nodes` prints follow, and the job
+    completes exactly once; `farm node remove` then forgets the PC and stops its Ray worker."""
+    if not farm.reference:
+        pytest.skip("needs the undisturbed run of the first scenario")
+    lan, a, b = farm.lan, farm.a, farm.b
+    farm.wait_idle("headpc", "pca", "pcb", timeout=150)
+    seq = farm.events.last_seq
+    job = submit_detached(farm, a)
+    farm.events.wait(lambda e: e["kind"] == "segment_started" and e["node"] == "pcb" and e["job"] == job, 60,
+                     "a segment of the job on pcb", after=seq)
+    r = lan.cli(a, "node", "pause", "pcb")
+    assert (r.returncode, r.stdout.strip()) == (0, "pcb: pause asked"), r.stderr
+    lan.wait_nodes(lambda n: n["pcb"]["status"] == "paused" and "operator" in str(n["pcb"]["reason"]), 30,
+                   "pcb paused by an operator")
+    r = lan.cli(a, "node", "drain", "pca")
+    assert r.returncode == 0, r.stderr
+    lan.wait_nodes(lambda n: n["pca"]["status"] == "draining", 30, "pca draining")
+    for name in ("pcb", "pca"):
+        assert lan.cli(a, "node", "resume", name).returncode == 0
+    lan.wait_nodes(lambda n: n["pca"]["status"] in ("idle", "busy") and n["pcb"]["status"] in ("idle", "busy"), 60,
+                   "pca and pcb taking work again")
+    wait_end(farm, job, seq)
+    farm.check_same(farm.fetch(a, job, "after-pause"))
+    interrupted = [e for e in farm.events.since(seq) if e["kind"] in ("segment_failed", "segment_lost", "node_lost")]
+    assert not interrupted, interrupted
+
+    raylets = []
+    for pid in b.pids():
+        try:
+            if psutil.Process(pid).cmdline()[0].endswith("/raylet"):
+                raylets.append(pid)
+        except (psutil.Error, IndexError):  # a process that just ended
+            continue
+    assert raylets, "pcb runs no raylet"
+    r = lan.cli(a, "node", "remove", "pcb")
+    assert (r.returncode, r.stdout.strip()) == (0, "removed pcb"), r.stderr
+    removed = time.monotonic()
+    lan.wait_nodes(lambda n: "pcb" not in n, 30, "pcb gone from `farm nodes`")
+    assert wait_for(lambda: not any(psutil.pid_exists(p) for p in raylets) or None, 60, "pcb's raylet to stop")
+    # The removal rotates Ray's token, so the Ray cluster restarts: the other PCs come back by themselves.
+    farm.wait_idle("headpc", "pca", timeout=120)
+    print(f"figure: after `farm node remove`, pcb's raylet gone and the others idle again "
+          f"{time.monotonic() - removed:.1f} s later")

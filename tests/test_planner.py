@@ -340,12 +340,57 @@ def test_a_node_keeps_to_the_model_it_holds_among_its_own_segments_of_one_priori
     assert [a.shard_id for a in out] == ["a/s0"]
 
 
-def test_a_much_faster_free_node_takes_over_a_segment_from_its_home() -> None:
+def test_without_predictions_a_shard_stays_home_and_others_take_their_own() -> None:
+    # moves that predictions justify are in tests/test_migration.py
     ready = [seg("j/s0", "slow", index=3)]
     out = planner.plan_tick(ready, [state("slow", 12, 1.0), state("fast", 24, 3.5)])
-    assert [a.node for a in out] == ["fast"]
-    out = planner.plan_tick(ready, [state("slow", 12, 1.0), state("quick", 24, 1.4)])
-    assert [a.node for a in out] == ["slow"]  # not fast enough to be worth a hand-off
+    assert [a.node for a in out] == ["slow"]
     busy_elsewhere = [seg("j/s0", "slow", index=3), seg("k/s0", "fast")]
     out = planner.plan_tick(busy_elsewhere, [state("slow", 12, 1.0), state("fast", 24, 3.5)])
     assert {(a.node, a.shard_id) for a in out} == {("slow", "j/s0"), ("fast", "k/s0")}
+
+
+# --- speeds known early: a calibration at join, then the first segments ------------------------------
+
+def test_a_calibration_seeds_every_family_until_its_first_segment_measures_it() -> None:
+    liar = NodeInfo("n", 24, 4.0)  # declares 4, calibrates at 2 seconds per reference-second (speed 0.5)
+    book = SpeedBook().calibrate("n", 2.0)
+    assert book.factor(liar, "sd15") == book.factor(liar, "wan21") == 2.0
+    shape = Shape("sd15", 512, 512)
+    book = book.observe("n", shape, 1, 10, 10 * reference_step_seconds(shape, 1) * 1.5)
+    assert book.factor(liar, "sd15") == pytest.approx(1.5) and book.factor(liar, "wan21") == 2.0
+    assert SpeedBook().calibrate("n", 0.0) == SpeedBook() == SpeedBook().calibrate("n", float("nan"))
+
+
+def test_a_node_whose_declared_speed_is_off_by_half_is_known_at_join_and_after_its_first_segments() -> None:
+    from farm.runtime.coordinator import Coordinator
+    from farm.runtime.simulate import CountingSink, SimExecutor, SimJob, SimNode
+
+    wan = Shape("wan21", 832, 480, 81, dtype="fp8")
+    nodes = [SimNode(NodeInfo("liar", 24, 2.0), 1.0), SimNode(NodeInfo("honest", 16, 1.5), 1.5)]
+    executor = SimExecutor(nodes, [SimJob("v", "wan", wan, 4, 50)])
+    c = Coordinator(executor, CountingSink(), clock=lambda: executor.now)
+    executor.coordinator = c
+    c.tick(0)  # the probes go out and come back with each worker's calibration
+    liar = c.state.nodes["liar"].info
+    assert c.state.nodes["liar"].ready
+    assert c.state.speeds.factor(liar, "wan21") == pytest.approx(1.0, rel=0.05)  # declared: 0.5, off by half
+    c.submit(SimJob("v", "wan", wan, 4, 50).spec(), "v", wan)
+    for _ in range(500):
+        if any(s.runs and s.runs[0].node == "liar" for s in c.state.jobs["v"].shards.values()):
+            break
+        c.tick(0)
+    assert c.state.speeds.factors[("liar", "wan21")] == pytest.approx(1.0, rel=0.05)
+
+
+def test_a_node_starts_a_much_longer_shard_of_its_own_first_when_it_can_predict_lengths() -> None:
+    ready = [seg("img/s0", "n"), seg("vid/s0", "n")]
+    left = {"img/s0": 20.0, "vid/s0": 20.0 * planner.LONG_FIRST}
+
+    def finish(s: ReadySegment, n: NodeState) -> float:
+        return left[s.shard_id]
+
+    assert [a.shard_id for a in planner.plan_tick(ready, [state("n", 24)])] == ["img/s0"]
+    assert [a.shard_id for a in planner.plan_tick(ready, [state("n", 24)], finish=finish)] == ["vid/s0"]
+    left["vid/s0"] = 20.0 * planner.LONG_FIRST * 0.9  # comparable lengths keep the queue's order
+    assert [a.shard_id for a in planner.plan_tick(ready, [state("n", 24)], finish=finish)] == ["img/s0"]

@@ -12,7 +12,7 @@ from farm.core.baselines import equal_split, one_sample_per_task
 from farm.core.costmodel import Shape
 from farm.core.decide import decide, start
 from farm.core.events import ShardsPlanned
-from farm.runtime.simulate import SimJob, SimNode, lower_bound, sample_work, simulate
+from farm.runtime.simulate import SimJob, SimNode, lower_bound, sample_seconds, simulate, unit_seconds
 
 NODES = [SimNode(NodeInfo(f"n{v}", v, s), s) for v, s in [(8, 1.0), (12, 1.6), (16, 2.2), (24, 3.5)]]
 SD = Shape("sd15", 512, 512)
@@ -41,13 +41,16 @@ def test_this_scheduler_beats_the_equal_split_on_a_mixed_cluster() -> None:
 def test_the_bound_counts_work_over_speed_and_the_longest_sample() -> None:
     one = [SimNode(NodeInfo("a", 24, 2.0), 2.0), SimNode(NodeInfo("b", 24, 2.0), 2.0)]
     job = SimJob("v", "wan", WAN, 3, 50)
+    step, decode = unit_seconds(job, one[0])
     bound = lower_bound(one, [job])
-    assert bound.work == pytest.approx(3 * sample_work(job, one) / 4.0)
-    assert bound.sample == pytest.approx(sample_work(job, one) / 2.0)
+    assert bound.work == pytest.approx(3 * (50 * step + decode) / 2)
+    assert bound.sample == pytest.approx(sample_seconds(job, one[0]))
     # a job only the 24 GiB node holds is bounded by that node alone
     only_big = SimJob("h", "hy", Shape("hunyuanvideo15", 480, 320, 61), 2, 50)
     mixed = [SimNode(NodeInfo("small", 8, 10.0), 10.0), SimNode(NodeInfo("big", 24, 1.0), 1.0)]
-    assert lower_bound(mixed, [only_big]).eligible == pytest.approx(2 * sample_work(only_big, mixed))
+    assert unit_seconds(only_big, mixed[0]) is None
+    step, decode = unit_seconds(only_big, mixed[1])
+    assert lower_bound(mixed, [only_big]).eligible == pytest.approx(2 * (50 * step + decode))
 
 
 def greedy(state, now):

@@ -76,3 +76,32 @@ def test_unknown_and_unsupported_models_are_named(tiny_sd_folder: Path, tmp_path
         get_model(str(odd))
     with pytest.raises(InvalidInput, match="multiple of 8 from 8 to 1024"):
         make_job(model=str(tiny_sd_folder), prompts=["a"], width=2048)
+
+
+def test_a_folder_naming_another_module_is_refused_before_anything_imports_it(tiny_sd_folder: Path,
+                                                                               tmp_path: Path) -> None:
+    """diffusers imports the library model_index.json names for each component: only diffusers and
+    transformers are allowed, checked by the head (get_model) and by the node's engine."""
+    import shutil
+    import sys
+
+    import torch
+
+    from farm.pipelines.engine import Engine
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(tiny_sd_folder, hostile)
+    index = json.loads((hostile / "model_index.json").read_text())
+    index["unet"] = ["this", "UNet2DConditionModel"]
+    (hostile / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(InvalidInput, match=r"^model: .*component 'unet' is \['this'.*allowed: a class of diffusers"):
+        get_model(str(hostile))
+    with pytest.raises(InvalidInput, match="^model: "):
+        Engine(get_family("sd15"), hostile, str(hostile), torch.device("cpu"))
+    assert "this" not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["../x", "a/..", "../../etc/passwd", "x/../../y", "-a/b"])
+def test_a_model_that_is_no_name_folder_or_cached_id_is_a_client_error(name: str) -> None:
+    with pytest.raises(InvalidInput, match="^model: unknown model"):
+        get_model(name)

@@ -4,6 +4,7 @@ loses no job, renders nothing finished twice, and finishes every job."""
 from __future__ import annotations
 
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,15 @@ from node.simulated import simulated_nodes
 
 def coordinator(store: Store, sink: MemorySink, executor: ScriptedExecutor | None = None) -> Coordinator:
     return Coordinator(executor or ScriptedExecutor(simulated_nodes()), sink, store=store, max_segment_steps=2)
+
+
+def test_the_state_folder_and_database_are_private(tmp_path: Path) -> None:
+    """The queue holds every user's prompts: 0700 folder (its WAL files inside too), 0600 database."""
+    root = tmp_path / "state"
+    root.mkdir(mode=0o755)
+    Store(root).close()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "farm.db").stat().st_mode) == 0o600
 
 
 def test_fresh_store_is_migrated_to_the_current_schema_in_wal_mode(tmp_path: Path) -> None:

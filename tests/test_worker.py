@@ -15,6 +15,7 @@ from farm.contracts.domain import NodeInfo
 from node.worker import (
     NODE_RESOURCE,
     NODE_SLOTS,
+    RayTls,
     Supervisor,
     WorkerCommand,
     ray_head_command,
@@ -31,7 +32,8 @@ def test_ray_start_command_advertises_one_resource_per_gpu_with_token_auth() -> 
     assert json.loads(argv[argv.index("--resources") + 1]) == {"farm_node:pc1-gpu0": 16.0, "farm_node:pc1-gpu1": 16.0}
     assert argv[argv.index("--num-gpus") + 1] == "2" and argv[argv.index("--num-cpus") + 1] == "4"
     assert argv[argv.index("--node-ip-address") + 1] == "10.0.0.7" and "--block" in argv
-    assert cmd.env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "ray-secret"}
+    assert cmd.env["RAY_AUTH_MODE"] == "token" and cmd.env["RAY_AUTH_TOKEN"] == "ray-secret"
+    assert cmd.env["RAY_enable_metrics_collection"] == "0"  # an idle worker stays quiet
 
 
 def test_ray_head_command_is_a_node_too_without_dashboard() -> None:
@@ -54,7 +56,7 @@ def test_windows_runs_the_worker_in_wsl_and_forwards_the_token() -> None:
     cmd = ray_start_command("h:6379", [NodeInfo("sim", 8.0, simulated=True)], "t", wrapper=["wsl.exe", "--"])
     assert cmd.argv[:4] == ("wsl.exe", "--", "ray", "start")
     assert cmd.argv[cmd.argv.index("--num-gpus") + 1] == "0"  # a simulated GPU is not a CUDA device
-    assert cmd.env["WSLENV"] == "RAY_AUTH_MODE/u:RAY_AUTH_TOKEN/u"
+    assert {"RAY_AUTH_MODE/u", "RAY_AUTH_TOKEN/u"} <= set(cmd.env["WSLENV"].split(":"))
 
 
 def test_resource_names_match_the_executor() -> None:
@@ -114,3 +116,34 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_ray_tls_files_and_environment(tmp_path: Path) -> None:
+    """Ray's TLS between PCs: the PC's key (0600), its certificate and the farm CA, named in the env
+    of `ray start`; on Windows WSLENV translates the paths."""
+    tls = RayTls.write(tmp_path, b"key", b"cert", b"ca")
+    cmd = ray_start_command("10.0.0.1:6379", NODES, "t", tls=tls, wrapper=["wsl.exe", "--"])
+    assert cmd.env["RAY_USE_TLS"] == "1" and Path(cmd.env["RAY_TLS_SERVER_KEY"]).read_bytes() == b"key"
+    assert Path(cmd.env["RAY_TLS_SERVER_CERT"]).read_bytes() == b"cert"
+    assert Path(cmd.env["RAY_TLS_CA_CERT"]).read_bytes() == b"ca"
+    assert (tmp_path / "ray-tls.key").stat().st_mode & 0o077 == 0
+    assert "RAY_TLS_SERVER_KEY/up" in cmd.env["WSLENV"].split(":")
+    assert "RAY_USE_TLS" not in ray_start_command("10.0.0.1:6379", NODES, "t").env  # loopback farms: none
+
+
+def test_supervisor_renews_its_command_before_each_restart(tmp_path: Path) -> None:
+    """A joined PC asks the head for Ray's current token before each start but the first."""
+    out = tmp_path / "tokens"
+
+    def command(token: str) -> WorkerCommand:
+        script = f"import os; open({str(out)!r}, 'a').write(os.environ['RAY_AUTH_TOKEN'] + ' ')"
+        return WorkerCommand((sys.executable, "-c", script), {"RAY_AUTH_TOKEN": token})
+
+    asked = []
+    sup = Supervisor(command("old"), min_delay_s=0.05, refresh=lambda: asked.append(1) or command("new"))
+    sup.start()
+    try:
+        assert wait_until(lambda: out.exists() and out.read_text().split()[:3] == ["old", "new", "new"])
+    finally:
+        sup.stop()
+    assert len(asked) >= 2

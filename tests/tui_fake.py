@@ -43,7 +43,8 @@ def sample_nodes() -> list[NodeView]:
     return [
         NodeView(NodeInfo("pc-anna", 24.0, 2.0, "RTX 4090"), NodeStatus.BUSY, "j1/s0#1 steps 10-20", 14, 20,
                  vram_used_gib=17.5, utilization=0.97, temperature_c=71.0, power_w=402.0, loaded=("demo-tiny",),
-                 policy=OwnerPolicy(active_hours="22:00-08:00", pause_programs=("eldenring.exe", "cs2.exe"))),
+                 policy=OwnerPolicy(active_hours="22:00-08:00", pause_programs=("eldenring.exe", "cs2.exe")),
+                 stored=("studio/sd15-inked",), allow_models=("sd*", "studio/*"), deny_models=("sdxl*",)),
         NodeView(NodeInfo("pc-ben", 12.0, 1.0, "RTX 3060"), NodeStatus.IDLE, vram_used_gib=0.4, utilization=0.02,
                  temperature_c=38.0, policy=OwnerPolicy(vram_cap_gib=10.0)),
         NodeView(NodeInfo("pc-cleo", 8.0, 0.6, "RTX 3070"), NodeStatus.PAUSED, vram_used_gib=6.1,

@@ -20,6 +20,7 @@ from textual.worker import Worker, get_current_worker
 
 from farm.contracts.control import FarmService
 from farm.contracts.domain import JobSpec
+from farm.contracts.text import safe_text
 from tui import live
 from tui.dialogs import ConfirmScreen, SubmitScreen
 from tui.screens.base import LiveScreen
@@ -47,7 +48,7 @@ class Trouble(Message):
 
 
 def one_line(error: BaseException) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0]
+    return safe_text((str(error).splitlines() or [type(error).__name__])[0])
 
 
 class FarmApp(App[None]):
@@ -131,7 +132,7 @@ class FarmApp(App[None]):
         except Exception as e:  # InvalidInput for an illegal change; any other failure is one line too
             self.notify(one_line(e), severity="error", markup=False)
             return
-        self.notify(done if result is None else f"{done}: {result}", markup=False)
+        self.notify(safe_text(done if result is None else f"{done}: {result}"), markup=False)
         try:
             if reorder:
                 update = live.read_all(self.service, self.clock)
@@ -168,7 +169,7 @@ class FarmApp(App[None]):
                 screen.sync(changes)
 
     def on_trouble(self, message: Trouble) -> None:
-        self.sub_title = f"{self.head} · {message.error}"
+        self.sub_title = safe_text(f"{self.head} · {message.error}")
 
 
 def make_app(service: FarmService, *, head: str = "embedded farm", refresh_interval: float = 2.0,

@@ -21,7 +21,7 @@ def add_tui_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     tui = sub.add_parser("tui", help="monitor the farm and steer its queue from a terminal dashboard")
     tui.add_argument("--head", metavar="HOST:PORT", help="the head's FarmControl address")
     tui.add_argument("--token", default=os.environ.get("FARM_TOKEN"),
-                     help="the farm token (default: $FARM_TOKEN)")
+                     help="your user token, or the admin token to steer nodes and every job (default: $FARM_TOKEN)")
     tui.add_argument("--ca", type=Path, default=None,
                      help="the head's certificate (PEM); without it only a loopback head is reachable")
     tui.set_defaults(func=run_tui)

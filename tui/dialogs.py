@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -14,6 +13,7 @@ from textual.widgets import Button, Input, Label
 from farm.contracts.domain import JobSpec
 from farm.contracts.errors import InvalidInput
 from farm.jobs.jobspec import load_job_file
+from tui.format import plain
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -30,7 +30,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(Text(self.question), classes="question")
+            yield Label(plain(self.question), classes="question")
             with Horizontal(classes="buttons"):
                 yield Button("Yes", variant="error", id="yes")
                 yield Button("No", variant="primary", id="no")
@@ -61,6 +61,6 @@ class SubmitScreen(ModalScreen[JobSpec | None]):
         try:
             spec = load_job_file(Path(event.value.strip()).expanduser())
         except InvalidInput as e:
-            self.query_one("#error", Label).update(Text(str(e)))  # not markup: fields read "prompts[0]"
+            self.query_one("#error", Label).update(plain(e))  # not markup: fields read "prompts[0]"
             return
         self.dismiss(spec)

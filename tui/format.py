@@ -11,6 +11,7 @@ import time
 from rich.text import Text
 
 from farm.contracts.control import Event
+from farm.contracts.text import safe_text
 
 FULL, HALF = "━", "╸"
 
@@ -48,6 +49,12 @@ JOB_STYLES = {"running": "green", "queued": "", "paused": "yellow", "done": "dim
               "cancelled": "dim"}
 
 
+def plain(value: object, style: str = "") -> Text:
+    """Free text (a prompt, an owner, a node's name, an error) as a cell: a `Text` is never parsed as
+    markup, and `safe_text` shows its control characters as escapes."""
+    return Text(safe_text(value), style=style)
+
+
 def status_text(status: str) -> Text:
     return Text(status, style=JOB_STYLES.get(status, ""))
 
@@ -61,5 +68,5 @@ def event_line(event: Event) -> Text:
     for part, part_style in ((event.job_id, "cyan"), (event.node, "magenta"), (event.message, "")):
         if part:
             line.append(" ")
-            line.append(part, style=part_style)
+            line.append(safe_text(part), style=part_style)
     return line

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from rich.text import Text
 from textual.widgets import DataTable
 
-from tui.format import bar, status_text
+from tui.format import bar, plain, status_text
 from tui.store import FarmStore, JobRow
 
 COLUMNS = (("id", "job"), ("owner", "owner"), ("model", "model"), ("priority", "pri"), ("progress", "progress"),
@@ -25,7 +25,7 @@ CHUNK = 1000  # rows added per turn of the event loop (a row costs tens of micro
 def cells(job_id: str, row: JobRow) -> tuple[object, ...]:
     """The table cells of a row, in COLUMNS order (after the id, one per `JobRow` field)."""
     progress = bar(row.progress / 1000, BAR).append(f" {row.progress // 10:>3}%")
-    return (job_id, row.owner, row.model, Text(str(row.priority), justify="right"), progress,
+    return (plain(job_id), plain(row.owner), plain(row.model), Text(str(row.priority), justify="right"), progress,
             Text(row.samples, justify="right"), Text(row.eta, justify="right"), status_text(row.status))
 
 
@@ -77,7 +77,7 @@ class JobsTable(DataTable[object]):
     def _sort(self, order: list[str]) -> None:
         selected = self.selected_id
         place = {job_id: i for i, job_id in enumerate(order)}
-        self.sort("id", key=place.__getitem__)
+        self.sort("id", key=lambda cell: place[cell.plain])
         self._order = list(order)
         if selected is not None:
             self.move_cursor(row=place[selected])

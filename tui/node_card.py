@@ -12,7 +12,7 @@ from textual.widgets import Static
 
 from farm.contracts.control import NodeStatus, NodeView
 from tui.controls import NODE_BINDINGS, NodeControls
-from tui.format import bar, percent
+from tui.format import bar, percent, plain
 
 BAR = 14
 
@@ -32,13 +32,13 @@ def card_body(view: NodeView) -> Group:
     if view.power_w is not None:
         telemetry.append(f"  {view.power_w:.0f} W")
     if view.segment:
-        what = Text(f"seg  {view.segment}")
+        what = plain(f"seg  {view.segment}")
         done = view.segment_step / view.segment_total if view.segment_total else 0.0
         progress = Text("     ").append_text(bar(done, BAR)).append(f" {view.segment_step}/{view.segment_total}")
     else:
-        what = Text(view.pause_reason or "no segment", style="dim")
+        what = plain(view.pause_reason or "no segment", style="dim")
         progress = Text("")
-    lines = [Text(f"{view.info.gpu} · {view.info.vram_gib:g} GiB", style="bold"), vram, telemetry, what, progress]
+    lines = [plain(f"{view.info.gpu} · {view.info.vram_gib:g} GiB", style="bold"), vram, telemetry, what, progress]
     for line in lines:
         line.no_wrap, line.overflow = True, "ellipsis"
     return Group(*lines)
@@ -59,7 +59,7 @@ class NodeCard(NodeControls, Static, can_focus=True):
     def show(self, view: NodeView) -> None:
         self.view = view
         self.status = view.status
-        self.border_title = view.info.name
+        self.border_title = plain(view.info.name)
         self.border_subtitle = str(view.status)
         self.update(card_body(view))
         self.refresh_bindings()

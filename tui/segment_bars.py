@@ -9,6 +9,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from farm.contracts.control import JobView, ShardView
+from farm.contracts.text import safe_text
 
 DONE = ("green", "dark_green")
 RUNNING = "yellow"
@@ -50,7 +51,7 @@ def sample_bars(job: JobView, width: int, limit: int = 200) -> Text:
         text.append(f" {min(shard.step, steps):>4}/{steps}")
         text.append(f"  {len(shard.bounds)} segments")
         if shard.node:
-            text.append(f"  {shard.node}", style="magenta")
+            text.append(safe_text(f"  {shard.node}"), style="magenta")
     if len(lines) > limit:
         text.append(f"\n… and {len(lines) - limit} more samples", style="dim")
     return text

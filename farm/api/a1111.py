@@ -4,7 +4,8 @@
 Front ends and scripts written for A1111 (or Forge, or the `webuiapi` client) send dozens of fields;
 the farm uses the ones that decide the image and lists the others in the answer's `info` as ignored,
 so nothing is dropped silently. A field with a bad value is refused with its A1111 name, the way
-A1111's own FastAPI validation names it.
+A1111's own FastAPI validation names it. LoRA adapters come as A1111 writes them, `<lora:NAME:WEIGHT>`
+in the prompt: the tags are taken out of the prompt and become the job's `loras`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from farm.contracts.domain import JobSpec
 from farm.contracts.errors import InvalidInput
 from farm.jobs.catalog import MODELS, get_model
 from farm.jobs.jobspec import MAX_SEED_VALUE, MAX_SEEDS, make_job
+from farm.jobs.loras import LORA_SUFFIX, MAX_WEIGHT, MIN_WEIGHT, available_loras, find_lora, lora_metadata
 from farm.runtime.outputs import png_text
 
 DEFAULT_MODEL = "demo-shapes"
@@ -36,9 +39,12 @@ SCHEDULERS = ("automatic",)
 # The request fields a job is made from; every other field is reported back as ignored.
 USED_FIELDS = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name",
                "sampler_index", "scheduler", "batch_size", "n_iter", "override_settings", "send_images"}
+# A1111's extra-network syntax for a LoRA in a prompt: <lora:NAME> or <lora:NAME:WEIGHT>.
+LORA_TAG = re.compile(r"<lora:([^>]*)>")
 # make_job's field -> the A1111 field a user wrote.
 FIELD_NAMES = {"prompts": "prompt", "prompts[0]": "prompt", "seeds": "n_iter", "guidance": "cfg_scale",
-               "sampler": "sampler_name", "model": "sd_model_checkpoint"}
+               "sampler": "sampler_name", "model": "sd_model_checkpoint", "init_image": "init_images",
+               "strength": "denoising_strength"}
 
 
 class Txt2ImgRequest(BaseModel):
@@ -61,6 +67,16 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = Field(1, ge=1, le=MAX_SEEDS)
     override_settings: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's StableDiffusionProcessingImg2Img as its API takes it: the txt2img fields, one init image
+    (base64, or a `data:image/...;base64,` URL) and the denoising strength. The image is resized to
+    width x height ("just resize"); resize_mode, masks and inpainting fields are reported as ignored."""
+
+    init_images: list[str] = Field(default_factory=list)
+    denoising_strength: float = 0.75
+    include_init_images: bool = False
 
 
 class TextToImageResponse(BaseModel):
@@ -100,6 +116,15 @@ class SDModelItem(BaseModel):
     sha256: str | None
     filename: str
     config: str | None
+
+
+class LoraItem(BaseModel):
+    """One adapter as A1111's `GET /sdapi/v1/loras` lists it (extensions-builtin/Lora)."""
+
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
 
 
 class BadField(InvalidInput):
@@ -150,14 +175,47 @@ class Txt2Img:
     ignored: tuple[str, ...]
 
 
+def split_loras(prompt: str) -> tuple[str, list[dict[str, object]]]:
+    """The prompt without its `<lora:NAME:WEIGHT>` tags, and the adapters they name, as A1111 reads
+    them: the tags are taken out before the text is encoded, a missing weight is 1."""
+    loras: list[dict[str, object]] = []
+    for tag in LORA_TAG.finditer(prompt):
+        parts = tag.group(1).split(":")
+        try:
+            weight = float(parts[1]) if len(parts) == 2 else 1.0 if len(parts) == 1 else None
+        except ValueError:
+            weight = None
+        if weight is None or not parts[0].strip():
+            raise BadField("prompt", f"{tag.group(0)[:80]} must be <lora:NAME:WEIGHT> with WEIGHT a number from "
+                                     f"{MIN_WEIGHT:g} to {MAX_WEIGHT:g}")
+        loras.append({"name": parts[0].strip(), "weight": weight})
+    if not loras:
+        return prompt, loras  # untouched: its spacing is part of what the text encoder sees
+    return " ".join(LORA_TAG.sub(" ", prompt).split()), loras
+
+
 def ignored_fields(request: Txt2ImgRequest) -> tuple[str, ...]:
     extra = sorted(request.model_extra or {})
     settings = sorted(f"override_settings.{k}" for k in request.override_settings if k != "sd_model_checkpoint")
     return tuple(extra + settings)
 
 
-def to_job(request: Txt2ImgRequest, default_model: str, owner: str) -> Txt2Img:
-    """One job whose batch_size x n_iter samples have seeds seed..seed+n-1 (a random first seed for -1)."""
+def init_image(request: Img2ImgRequest) -> bytes:
+    """The one init image of an img2img request, decoded (its form is checked by `make_job`)."""
+    if len(request.init_images) != 1:
+        raise BadField("init_images", f"must hold exactly 1 base64 image, got {len(request.init_images)}")
+    text = request.init_images[0]
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise BadField("init_images", "must hold a base64-encoded image (PNG, JPEG or WebP)") from None
+
+
+def to_job(request: Txt2ImgRequest, default_model: str, owner: str, image: bytes | None = None) -> Txt2Img:
+    """One job whose batch_size x n_iter samples have seeds seed..seed+n-1 (a random first seed for -1);
+    an img2img request's job starts from its init image (`image`, its bytes)."""
     checkpoint = request.override_settings.get("sd_model_checkpoint")
     model = (model_title(checkpoint, "override_settings.sd_model_checkpoint") if checkpoint is not None
              else default_model)
@@ -166,11 +224,13 @@ def to_job(request: Txt2ImgRequest, default_model: str, owner: str) -> Txt2Img:
                                     f"own schedule), got {request.scheduler!r}")
     n = request.batch_size * request.n_iter
     seed = random.randrange(2**32) if request.seed == -1 else request.seed
+    prompt, loras = split_loras(request.prompt)
     try:
-        spec = make_job(model=model, prompts=[request.prompt], seeds=n, seed=seed, steps=request.steps,
+        spec = make_job(model=model, prompts=[prompt], seeds=n, seed=seed, steps=request.steps,
                         width=request.width, height=request.height, guidance=request.cfg_scale,
                         sampler=farm_sampler(request.sampler_name or request.sampler_index, model),
-                        negative_prompt=request.negative_prompt, owner=owner)
+                        negative_prompt=request.negative_prompt, owner=owner, loras=loras, init_image=image,
+                        strength=request.denoising_strength if isinstance(request, Img2ImgRequest) else None)
     except BadField:
         raise
     except InvalidInput as e:
@@ -193,7 +253,7 @@ def answer(request: Txt2ImgRequest, job: Txt2Img, view: JobView, pngs: list[byte
     spec = job.spec
     n = len(spec.seeds)
     info = {
-        "prompt": spec.prompts[0], "all_prompts": [spec.prompts[0]] * n,
+        "prompt": request.prompt, "all_prompts": [request.prompt] * n,  # with their <lora:...> tags, as A1111
         "negative_prompt": spec.negative_prompt, "all_negative_prompts": [spec.negative_prompt] * n,
         "seed": spec.seeds[0], "all_seeds": list(spec.seeds), "subseed": -1, "all_subseeds": [-1] * n,
         "subseed_strength": 0, "width": spec.width, "height": spec.height,
@@ -204,8 +264,13 @@ def answer(request: Txt2ImgRequest, job: Txt2Img, view: JobView, pngs: list[byte
         "job_timestamp": started, "clip_skip": 1, "version": f"farm {__version__}",
         "job_id": view.id, "status": str(view.status), "ignored_fields": list(job.ignored),
     }
+    if job.spec.init_image:
+        info["denoising_strength"] = job.spec.strength
     images = [base64.b64encode(p).decode() for p in pngs] if request.send_images else []
-    return TextToImageResponse(images=images, parameters=request.model_dump(), info=json.dumps(info))
+    parameters = request.model_dump()
+    if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+        parameters["init_images"] = None  # as A1111 answers: the caller has them
+    return TextToImageResponse(images=images, parameters=parameters, info=json.dumps(info))
 
 
 def sampler_items() -> list[SamplerItem]:
@@ -215,6 +280,22 @@ def sampler_items() -> list[SamplerItem]:
 def scheduler_items() -> list[SchedulerItem]:
     return [SchedulerItem(name=s, label=s.title(), aliases=None, default_rho=-1, need_inner_model=False)
             for s in SCHEDULERS]
+
+
+def lora_items() -> list[LoraItem]:
+    """The adapters a prompt's `<lora:NAME:WEIGHT>` may name here (this head's, then the bundled ones).
+    The alias is the name (the tag takes names only, where A1111 also takes `ss_output_name`); the
+    path is the file's name, not where the head keeps it; a file that is not safetensors is left out."""
+    items = []
+    for name in available_loras():
+        try:
+            found = find_lora(name)
+            if found is not None:
+                items.append(LoraItem(name=name, alias=name, path=f"{name}{LORA_SUFFIX}",
+                                      metadata=lora_metadata(found.path)))
+        except InvalidInput:
+            continue
+    return items
 
 
 def model_items(extra: list[str]) -> list[SDModelItem]:

@@ -22,7 +22,6 @@ from farm.api import convert
 from farm.api.auth import bearer
 from farm.api.control_client import open_channel, split_address
 from farm.cluster.membership import Member
-from farm.cluster.pki import node_host
 from farm.contracts.control import (
     OPERATOR_PAUSE,
     Event,
@@ -63,11 +62,11 @@ class AgentHandle(Protocol):
 
 
 class RemoteAgent:
-    """A joined PC's agent over TLS (the farm CA, its `node-<name>` certificate) with its node token."""
+    """A joined PC's agent over TLS (the farm CA, the certificate of its latest join) with its node token."""
 
     def __init__(self, member: Member, ca_pem: bytes) -> None:
         host, port = split_address(member.agent_address, 0)
-        self._channel = open_channel(host, port, ca_pem, node_host(member.name))
+        self._channel = open_channel(host, port, ca_pem, member.agent_host)
         self._stub = agent_pb2_grpc.NodeAgentStub(self._channel)
         self._metadata = bearer(member.token)
         self._stream: grpc.Future | None = None
@@ -92,11 +91,15 @@ class RemoteAgent:
 class AgentLinks:
     """Follows every PC's agent on its own thread and applies status changes to `service`."""
 
-    def __init__(self, service: FarmService, on_new_worker: Callable[[str], None] | None = None) -> None:
+    def __init__(self, service: FarmService, on_new_worker: Callable[[str], None] | None = None,
+                 on_offline: Callable[[str, str], None] | None = None) -> None:
         """`on_new_worker(node)`: the PC's Ray worker was started again (after the owner took the
-        GPU back, or a crash), so the node's actor died with the old one and needs a new one."""
+        GPU back, or a crash), so the node's actor died with the old one and needs a new one.
+        `on_offline(node, reason)`: the agent says its worker cannot work (e.g. the head's Ray port
+        is blocked): the node is offline with the agent's reason until a worker starts again."""
         self.service = service
         self.on_new_worker = on_new_worker
+        self.on_offline = on_offline
         self._lock = threading.Lock()
         self._links: dict[str, tuple[AgentHandle, tuple[str, ...], threading.Event]] = {}
         self._readings: dict[str, Reading] = {}  # by node name
@@ -189,10 +192,15 @@ class AgentLinks:
         current = {v.info.name: v.status for v in self.service.list_nodes()}
         for n in nodes:
             now = current.get(n)
-            if now is None or now == reading.status or (reading.status == NodeStatus.IDLE and now == NodeStatus.BUSY):
+            if now is None or (now == reading.status and now != NodeStatus.OFFLINE):
                 continue
+            if reading.status == NodeStatus.IDLE and now not in (NodeStatus.PAUSED, NodeStatus.DRAINING):
+                continue  # only a pause or drain is resumed; a starting or offline node waits for its worker
             try:
-                if reading.status == NodeStatus.PAUSED:
+                if reading.status == NodeStatus.OFFLINE:
+                    if self.on_offline is not None:
+                        self.on_offline(n, reading.reason)
+                elif reading.status == NodeStatus.PAUSED:
                     by = PauseBy.AGENT if reading.reason == UNREACHABLE else PauseBy.OWNER
                     self.service.pause_node(n, Pause(by, "" if by == PauseBy.AGENT else reading.reason))
                 elif reading.status == NodeStatus.DRAINING:
@@ -210,17 +218,20 @@ class NodesWithTelemetry:
         self.inner = inner
         self.links = links
 
-    def submit(self, spec: JobSpec) -> str:
-        return self.inner.submit(spec)
+    def submit(self, spec: JobSpec, init_image: bytes | None = None) -> str:
+        return self.inner.submit(spec, init_image=init_image)
 
-    def list_jobs(self) -> list[JobView]:
-        return self.inner.list_jobs()
+    def list_jobs(self, after: str = "", limit: int | None = None) -> list[JobView]:
+        return self.inner.list_jobs(after, limit)
 
     def get_job(self, job_id: str) -> JobView:
         return self.inner.get_job(job_id)
 
     def cancel_job(self, job_id: str) -> None:
         self.inner.cancel_job(job_id)
+
+    def forget_job(self, job_id: str) -> None:
+        self.inner.forget_job(job_id)
 
     def pause_job(self, job_id: str) -> None:
         self.inner.pause_job(job_id)

@@ -3,7 +3,8 @@
 The CLI and the dashboard are written against `FarmService`, so with this client they work on a
 remote head exactly as on an embedded farm. Status codes come back as the farm's own errors, with
 the head's one-line message: INVALID_ARGUMENT -> InvalidInput (same field), NOT_FOUND -> NotFound,
-UNAUTHENTICATED -> Unauthenticated, UNAVAILABLE or a deadline -> Unreachable.
+UNAUTHENTICATED -> Unauthenticated, PERMISSION_DENIED -> PermissionDenied, UNAVAILABLE or a deadline
+-> Unreachable.
 """
 
 from __future__ import annotations
@@ -21,11 +22,21 @@ from farm.cluster.membership import JoinGrant
 from farm.cluster.pki import HEAD_NAME, is_loopback
 from farm.contracts.control import Event, JobView, NodeView, OwnerPolicy
 from farm.contracts.domain import JobSpec
-from farm.contracts.errors import FarmError, InvalidInput, NotFound, Unauthenticated, Unreachable
+from farm.contracts.errors import (
+    FarmError,
+    InvalidInput,
+    LimitReached,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unreachable,
+)
 from farm.contracts.hardware import Hardware
+from farm.jobs.jobspec import JobRequest
 from protos.farm.v1 import control_pb2, control_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 15.0
+LIST_PAGE = 200  # jobs asked for per ListJobs page
 
 
 def split_address(address: str, default_port: int) -> tuple[str, int]:
@@ -57,8 +68,12 @@ def raise_for(error: grpc.RpcError, where: str) -> NoReturn:
     if code == grpc.StatusCode.NOT_FOUND:
         raise NotFound(field, message) from None
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        raise Unauthenticated(f"{where} refused the token ({details}): use the current one from "
-                              "`farm head` or `farm token rotate`") from None
+        raise Unauthenticated(f"{where} refused the token ({details}): use a current one (the admin token in "
+                              "FARM_HOME/head/admin-token, a user token from `farm token issue`)") from None
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        raise PermissionDenied(f"{where} refused: {details}") from None
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        raise LimitReached(details) from None
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         raise Unreachable(f"cannot reach {where}: {details or code.name}") from None
     raise FarmError(f"{where}: {details or code.name}") from None
@@ -84,17 +99,43 @@ class FarmClient:
     def close(self) -> None:
         self._channel.close()
 
-    def submit(self, spec: JobSpec) -> str:
-        return self._rpc("Submit", control_pb2.SubmitRequest(spec=convert.spec_to_proto(spec))).job_id
+    def models(self):  # type: ignore[no-untyped-def]
+        """The head's FarmModels service (`farm.api.models_client.HeadModels`) on this channel, with this token."""
+        from farm.api.models_client import HeadModels  # it imports this module's error mapping
 
-    def list_jobs(self) -> list[JobView]:
-        return [convert.job_from_proto(j) for j in self._rpc("ListJobs", control_pb2.ListJobsRequest()).jobs]
+        return HeadModels(self._channel, self._metadata, self._where)
+
+    def submit(self, spec: JobSpec | JobRequest, init_image: bytes | None = None) -> str:
+        """A job made here, or a job file's request (`farm submit`: the head checks its model and adapters).
+        The control API carries no init image yet (img2img: `farm render`/`run`, or the HTTP API)."""
+        if init_image is not None or (isinstance(spec, JobSpec) and spec.init_image):
+            raise InvalidInput("init_image", "the control API sends no init image yet: use farm render or "
+                                             "farm run on the head's PC, or the HTTP API's /sdapi/v1/img2img")
+        msg = convert.spec_to_proto(spec) if isinstance(spec, JobSpec) else convert.request_to_proto(spec)
+        return self._rpc("Submit", control_pb2.SubmitRequest(spec=msg)).job_id
+
+    def list_jobs(self, after: str = "", limit: int | None = None) -> list[JobView]:
+        """Jobs page by page (each reply stays well under gRPC's message limit): all of them, or up to
+        `limit` after `after`."""
+        out: list[JobView] = []
+        token = after
+        while limit is None or len(out) < limit:
+            size = LIST_PAGE if limit is None else min(LIST_PAGE, limit - len(out))
+            reply = self._rpc("ListJobs", control_pb2.ListJobsRequest(page_size=size, page_token=token))
+            out.extend(convert.job_from_proto(j) for j in reply.jobs)
+            token = reply.next_page_token
+            if not token:
+                break
+        return out
 
     def get_job(self, job_id: str) -> JobView:
         return convert.job_from_proto(self._rpc("GetJob", control_pb2.JobRef(job_id=job_id)))
 
     def cancel_job(self, job_id: str) -> None:
         self._rpc("CancelJob", control_pb2.JobRef(job_id=job_id))
+
+    def forget_job(self, job_id: str) -> None:
+        self._rpc("RemoveJob", control_pb2.JobRef(job_id=job_id))
 
     def pause_job(self, job_id: str) -> None:
         self._rpc("PauseJob", control_pb2.JobRef(job_id=job_id))
@@ -177,6 +218,14 @@ class FarmClient:
 
     def rotate_token(self) -> str:
         return self._rpc("RotateToken", control_pb2.RotateTokenRequest()).token
+
+    def ray_token(self) -> tuple[str, str]:
+        """Ray's address and current token (a joined PC's node token only)."""
+        reply = self._rpc("RayToken", control_pb2.RayTokenRequest())
+        return reply.ray_address, reply.ray_token
+
+    def issue_user_token(self, user: str) -> str:
+        return self._rpc("IssueUserToken", control_pb2.IssueUserTokenRequest(user=user)).token
 
     def remove_node(self, name: str) -> None:
         self._rpc("RemoveNode", control_pb2.NodeRef(name=name))

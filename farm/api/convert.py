@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 
 from farm.contracts.control import Event, JobView, NodeShare, NodeStatus, NodeView, OwnerPolicy, ShardView
-from farm.contracts.domain import JobSpec, JobStatus, NodeInfo
+from farm.contracts.domain import JobSpec, JobStatus, Lora, NodeInfo
 from farm.contracts.errors import InvalidInput
 from farm.contracts.hardware import GpuSample, Hardware, Telemetry
-from farm.jobs.jobspec import make_job
+from farm.jobs.jobspec import JobRequest, make_job
 from protos.farm.v1 import agent_pb2, control_pb2
 
 MAX_NAME = 128
@@ -29,7 +29,20 @@ def spec_to_proto(spec: JobSpec) -> control_pb2.JobSpec:
         model=spec.model, prompts=list(spec.prompts), seeds=len(spec.seeds), seed=spec.seeds[0],
         steps=spec.steps, width=spec.width, height=spec.height, guidance=spec.guidance, sampler=spec.sampler,
         negative_prompt=spec.negative_prompt, priority=spec.priority, owner=spec.owner, frames=spec.frames,
+        loras=[control_pb2.Lora(name=a.name, weight=a.weight, sha256=a.sha256, short_hash=a.short_hash)
+               for a in spec.loras],
     )
+
+
+def request_to_proto(request: JobRequest) -> control_pb2.JobSpec:
+    """`farm submit`'s job: only the fields its file gives (the head fills in its model's defaults)."""
+    msg = control_pb2.JobSpec(model=request.model, prompts=list(request.prompts),
+                              negative_prompt=request.negative_prompt, priority=request.priority,
+                              loras=[control_pb2.Lora(name=name, weight=weight) for name, weight in request.loras])
+    for name in ("seeds", "seed", "steps", "width", "height", "guidance", "sampler", "owner", "frames"):
+        if (value := getattr(request, name)) is not None:
+            setattr(msg, name, value)
+    return msg
 
 
 def spec_from_proto(msg: control_pb2.JobSpec) -> JobSpec:
@@ -42,7 +55,7 @@ def spec_from_proto(msg: control_pb2.JobSpec) -> JobSpec:
         if (value := _opt(msg, name)) is not None
     }
     return make_job(model=msg.model, prompts=list(msg.prompts), negative_prompt=msg.negative_prompt,
-                    priority=msg.priority, **given)
+                    priority=msg.priority, loras=[{"name": a.name, "weight": a.weight} for a in msg.loras], **given)
 
 
 def _spec_as_shown(msg: control_pb2.JobSpec) -> JobSpec:
@@ -50,7 +63,8 @@ def _spec_as_shown(msg: control_pb2.JobSpec) -> JobSpec:
     catalog may be older than the head's)."""
     return JobSpec(model=msg.model, prompts=tuple(msg.prompts), seeds=tuple(range(msg.seed, msg.seed + msg.seeds)),
                    steps=msg.steps, width=msg.width, height=msg.height, guidance=msg.guidance, sampler=msg.sampler,
-                   negative_prompt=msg.negative_prompt, priority=msg.priority, owner=msg.owner, frames=msg.frames)
+                   negative_prompt=msg.negative_prompt, priority=msg.priority, owner=msg.owner, frames=msg.frames,
+                   loras=tuple(Lora(a.name, a.weight, a.sha256, a.short_hash) for a in msg.loras))
 
 
 def _shard_to_proto(s: ShardView) -> control_pb2.ShardView:
@@ -168,7 +182,8 @@ def node_to_proto(view: NodeView) -> control_pb2.NodeView:
         info=node_info_to_proto(view.info), status=str(view.status), segment=view.segment,
         segment_step=view.segment_step, segment_total=view.segment_total, vram_used_gib=view.vram_used_gib,
         utilization=view.utilization, loaded=list(view.loaded), policy=policy_to_proto(view.policy),
-        pause_reason=view.pause_reason,
+        pause_reason=view.pause_reason, stored=list(view.stored), allow_models=list(view.allow_models),
+        deny_models=list(view.deny_models),
     )
     for name in ("temperature_c", "power_w"):
         if (value := getattr(view, name)) is not None:
@@ -182,7 +197,8 @@ def node_from_proto(msg: control_pb2.NodeView) -> NodeView:
         segment_step=msg.segment_step, segment_total=msg.segment_total, vram_used_gib=msg.vram_used_gib,
         utilization=msg.utilization, temperature_c=_opt(msg, "temperature_c"),  # type: ignore[arg-type]
         power_w=_opt(msg, "power_w"), loaded=tuple(msg.loaded), policy=policy_from_proto(msg.policy),  # type: ignore[arg-type]
-        pause_reason=msg.pause_reason,
+        pause_reason=msg.pause_reason, stored=tuple(msg.stored), allow_models=tuple(msg.allow_models),
+        deny_models=tuple(msg.deny_models),
     )
 
 
@@ -193,6 +209,13 @@ def event_to_proto(event: Event) -> control_pb2.Event:
 
 def event_from_proto(msg: control_pb2.Event) -> Event:
     return Event(seq=msg.seq, time=msg.time, kind=msg.kind, job_id=msg.job_id, node=msg.node, message=msg.message)
+
+
+def page_token(value: str) -> str:
+    """A ListJobs page token from the wire: empty (the first page) or a job id."""
+    if len(value) > MAX_NAME:
+        raise InvalidInput("page_token", f"must be empty or a job id of 1 to {MAX_NAME} characters")
+    return value
 
 
 def job_id(value: str) -> str:

@@ -6,9 +6,9 @@ job's view and latest preview, interrupt cancels it. FarmService calls block (th
 network), so each runs on a worker thread and the event loop stays free for other callers.
 
 Who is calling: on loopback anyone on this PC may (the owner is `local`); off loopback every request
-needs a credential, as HTTP Basic (A1111's `--api-auth`: the password is the token, the user name
-becomes the jobs' owner) or as a Bearer token. `authenticate(user, token)` decides, so user tokens can
-replace the farm token there without touching the routes.
+needs a user token (or the admin token), as HTTP Basic (A1111's `--api-auth`: the password is the
+token; the user name is ignored) or as a Bearer token. The jobs' owner is the token's user, so a
+caller sees and interrupts only their own jobs. `authenticate(user, token)` decides (`token_users`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from farm.api import a1111
+from farm.cluster.tokens import Principal, Role
 from farm.contracts.control import FarmService, JobView
 from farm.contracts.domain import JobStatus
-from farm.contracts.errors import FarmError, InvalidInput, NotFound, Unreachable
+from farm.contracts.errors import FarmError, InvalidInput, LimitReached, NotFound, Unreachable
 from farm.core.transitions import ENDED
 
 # (user name from HTTP Basic or None, token) -> the owner of the caller's jobs, or None: refused.
 Authenticate = Callable[[str | None, str], str | None]
 LOCAL_OWNER = "local"
-TOKEN_OWNER = "api"  # a Bearer token, or Basic without a user name
 POLL_S = 0.25
 OWNER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
@@ -53,11 +53,13 @@ class Caller:
     jobs: list[tuple[str, a1111.Txt2Img]] = field(default_factory=list)
 
 
-def farm_token_users(is_farm_token: Callable[[str], bool]) -> Authenticate:
-    """Today's only credential is the farm token; the Basic user name names the owner."""
+def token_users(identify: Callable[[str | None], Principal | None]) -> Authenticate:
+    """The head's user tokens (and the admin token): the owner is the token's user, whatever user name
+    a Basic header claims; the join token and node tokens are refused."""
 
     def authenticate(user: str | None, token: str) -> str | None:
-        return (user or TOKEN_OWNER) if is_farm_token(token) else None
+        principal = identify(token)
+        return principal.name if principal is not None and principal.role in (Role.USER, Role.ADMIN) else None
 
     return authenticate
 
@@ -118,7 +120,7 @@ def make_app(service: FarmService, *, authenticate: Authenticate | None, require
 
     @app.exception_handler(FarmError)
     async def farm_error(request: Request, e: FarmError) -> JSONResponse:
-        status = 503 if isinstance(e, Unreachable) else 409
+        status = 503 if isinstance(e, Unreachable) else 429 if isinstance(e, LimitReached) else 409
         return JSONResponse({"error": type(e).__name__, "detail": str(e)}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -130,10 +132,21 @@ def make_app(service: FarmService, *, authenticate: Authenticate | None, require
     @app.post("/sdapi/v1/txt2img", response_model=a1111.TextToImageResponse)
     async def txt2img(body: a1111.Txt2ImgRequest, request: Request,
                       owner: str = Depends(caller)) -> a1111.TextToImageResponse:
+        return await render(body, request, owner, None)
+
+    @app.post("/sdapi/v1/img2img", response_model=a1111.TextToImageResponse)
+    async def img2img(body: a1111.Img2ImgRequest, request: Request,
+                      owner: str = Depends(caller)) -> a1111.TextToImageResponse:
+        """A1111's img2img: one init image (base64), resized to width x height, re-noised by
+        denoising_strength; stored once on the head by its hash, sent only to the node that encodes it."""
+        return await render(body, request, owner, a1111.init_image(body))
+
+    async def render(body: a1111.Txt2ImgRequest, request: Request, owner: str,
+                     image: bytes | None) -> a1111.TextToImageResponse:
         me = state(owner)
-        job = a1111.to_job(body, me.model, owner)
+        job = a1111.to_job(body, me.model, owner, image)
         started = time.strftime("%Y%m%d%H%M%S")
-        job_id = await run_in_threadpool(service.submit, job.spec)
+        job_id = await run_in_threadpool(service.submit, job.spec, init_image=image)
         me.jobs.append((job_id, job))
         try:
             view = await _until_final(service, job_id, request)
@@ -168,6 +181,10 @@ def make_app(service: FarmService, *, authenticate: Authenticate | None, require
     @app.get("/sdapi/v1/sd-models", response_model=list[a1111.SDModelItem])
     async def sd_models(owner: str = Depends(caller)) -> list[a1111.SDModelItem]:
         return a1111.model_items([c.model for c in callers.values()])
+
+    @app.get("/sdapi/v1/loras", response_model=list[a1111.LoraItem])
+    async def loras(owner: str = Depends(caller)) -> list[a1111.LoraItem]:
+        return await run_in_threadpool(a1111.lora_items)  # hashes each file once (`farm.jobs.loras`)
 
     @app.get("/sdapi/v1/samplers", response_model=list[a1111.SamplerItem])
     async def samplers(owner: str = Depends(caller)) -> list[a1111.SamplerItem]:
@@ -210,7 +227,7 @@ def _progress(service: FarmService, me: Caller, skip_image: bool) -> a1111.Progr
         view = service.get_job(job_id)
         if view.status in ENDED:
             continue
-        steps = job.spec.steps
+        steps = job.spec.run_steps
         state = {"skipped": False, "interrupted": False, "job": f"farm {job_id}", "job_count": job.n_iter,
                  "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(view.submitted_at)),
                  "job_no": min(view.samples_done // job.batch_size, job.n_iter - 1),

@@ -3,14 +3,22 @@
 The socket is bound here, before uvicorn starts, so a port in use is one clear error at start-up
 and a test can ask for port 0 and learn the port. With TLS, uvicorn serves the head's own key and
 certificate (the farm CA's `farm-head`), the same identity as `FarmControl`.
+
+uvicorn's own main loop wakes ten times a second (to refresh its Date header and to look for a stop),
+which is most of an idle head's HTTP cost; `QuietServer` sleeps until `stop` instead, and the Date
+header is written per response.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -37,6 +45,46 @@ def needs_credentials(host: str) -> bool:
     return not is_loopback(host)
 
 
+Message = MutableMapping[str, Any]
+Asgi = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+def dated(app: Asgi) -> Asgi:
+    """`app` with a `Date` header on every response, stamped when the response starts."""
+
+    async def with_date(scope: Message, receive: Callable[[], Awaitable[Message]],
+                        send: Callable[[Message], Awaitable[None]]) -> None:
+        async def send_dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [(b"date", formatdate(usegmt=True).encode()), *message.get("headers", [])]
+            await send(message)
+
+        await app(scope, receive, send_dated if scope["type"] == "http" else send)
+
+    return with_date
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server without its 10 Hz tick: between requests its event loop sleeps until `stop`."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = asyncio.Event()
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # the default headers, once
+        self._loop = asyncio.get_running_loop()
+        if not self.should_exit:  # `stop` sets it before it looks for the loop
+            await self._stopped.wait()
+
+    def stop(self) -> None:
+        """End `main_loop` (from another thread); uvicorn then shuts down as usual."""
+        self.should_exit = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+
+
 class HttpServer:
     """`app` served on `host:port` until `stop`; `port` is the bound one (useful with port 0)."""
 
@@ -55,9 +103,9 @@ class HttpServer:
                             "--http off)") from None
         self.host, self.port = host, self._socket.getsockname()[1]
         keyfile, certfile = (str(tls[0]), str(tls[1])) if tls else (None, None)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, ssl_keyfile=keyfile,
-                                ssl_certfile=certfile, timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(config)
+        config = uvicorn.Config(dated(app), log_level="warning", access_log=False, ssl_keyfile=keyfile,  # type: ignore[arg-type]
+                                ssl_certfile=certfile, timeout_graceful_shutdown=2, date_header=False)
+        self._server = QuietServer(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         name="http-api", daemon=True)
 
@@ -77,6 +125,6 @@ class HttpServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        self._server.stop()
         self._thread.join(timeout=10)
         self._socket.close()

@@ -54,19 +54,20 @@ def embedded_coordinator(nodes: Sequence[NodeInfo], out: Path, home: Path | None
 
 
 def render_embedded(job: JobSpec | None, nodes: Sequence[NodeInfo], out: Path, progress: JobProgress | None = None,
-                    home: Path | None = None, job_id: str | None = None, state: Path | None = None) -> list[JobView]:
+                    home: Path | None = None, job_id: str | None = None, state: Path | None = None,
+                    init_image: bytes | None = None) -> list[JobView]:
     """Start the embedded farm, render `job` into `out/<job id>/`, stop the farm.
 
     With `state`, the queue lives in a store there: jobs a stopped run left unfinished are rendered
     too (from their last checkpoints), and `job` may be None to only finish those. A job no node can
-    hold is refused before any process starts.
+    hold is refused before any process starts. An img2img job brings its init image's bytes.
     """
     if job is not None:
         admit(job, nodes)
     with embedded_coordinator(nodes, out, home, state) as coordinator:
         ids = [j.id for j in coordinator.list_jobs() if j.status in WAITING]
         if job is not None:
-            ids.append(coordinator.submit(job, job_id))
+            ids.append(coordinator.submit(job, job_id, init_image=init_image))
         for current in ids:
             on_tick = (lambda c, j=current: progress.update(c, j)) if progress else None
             coordinator.finish(current, on_tick)
@@ -74,7 +75,7 @@ def render_embedded(job: JobSpec | None, nodes: Sequence[NodeInfo], out: Path, p
 
 
 def dashboard_embedded(job: JobSpec, nodes: Sequence[NodeInfo], out: Path, home: Path | None = None,
-                       state: Path | None = None) -> list[JobView]:
+                       state: Path | None = None, init_image: bytes | None = None) -> list[JobView]:
     """The embedded farm with the Textual dashboard in front: the loop runs on a thread while the
     dashboard shows it and steers it; quitting the dashboard stops the farm (with `state`, unfinished
     work resumes with `farm resume`)."""
@@ -82,7 +83,7 @@ def dashboard_embedded(job: JobSpec, nodes: Sequence[NodeInfo], out: Path, home:
 
     admit(job, nodes)
     with embedded_coordinator(nodes, out, home, state) as coordinator:
-        job_id = coordinator.submit(job)
+        job_id = coordinator.submit(job, init_image=init_image)
         coordinator.start()
         try:
             make_app(coordinator, head="embedded farm").run()

@@ -1,10 +1,10 @@
 """`farm head`: the head PC's processes wired together.
 
-It starts the Ray head (token authentication on, its own GPU as a farm node) as a supervised
-`ray start --head`, connects the coordinator to it through the Ray executor, serves the coordinator
-as `FarmControl` over TLS with the farm's tokens and as the A1111-compatible HTTP API with its
-Prometheus metrics (`farm.api.http`), runs the head's own agent in process, and admits
-PCs that `farm join`: each joined GPU becomes a node of the executor and the coordinator, and its
+It starts the Ray head (token authentication on, TLS with farm-CA certificates off loopback, its own
+GPU as a farm node) as a supervised `ray start --head`, connects the coordinator to it through the Ray
+executor, serves the coordinator as `FarmControl` over TLS with the farm's tokens and roles and as the
+A1111-compatible HTTP API with its Prometheus metrics (`farm.api.http`), runs the head's own agent in
+process, and admits PCs that `farm join`: each joined GPU becomes a node of the executor and the coordinator, and its
 agent is followed for the owner's rules and telemetry.
 """
 
@@ -23,12 +23,13 @@ import ray
 
 from farm.api.agent_links import AgentLinks, NodesWithTelemetry, RemoteAgent
 from farm.api.control_server import health_service, serve_control, set_serving
-from farm.api.http import farm_token_users, make_app
+from farm.api.http import make_app, token_users
 from farm.api.http_server import DEFAULT_HTTP, HttpServer, needs_credentials, parse_http
 from farm.api.metrics import FarmMetrics
+from farm.api.model_server import ModelLibrary, ServedModels, add_models_service, head_folder
 from farm.cluster.credentials import HeadCredentials
 from farm.cluster.membership import Member, Membership, nodes_for
-from farm.cluster.pki import write_private
+from farm.cluster.pki import is_loopback, ray_identity, write_private
 from farm.contracts.control import NodeStatus, OwnerPolicy
 from farm.contracts.domain import NodeInfo
 from farm.contracts.errors import FarmError
@@ -38,11 +39,13 @@ from farm.runtime.metered import MeteredExecutor
 from farm.runtime.outputs import PngWriter
 from farm.runtime.store import Store
 from node.agent import Agent, InProcessHandle
+from node.model_fetch import from_environment
 from node.probe import GpuSource, HostProbe
-from node.worker import Supervisor, ray_head_command
+from node.worker import QUIET_RAY, RayTls, Supervisor, ray_head_command
 
 log = logging.getLogger(__name__)
 RAY_CONNECT_S = 120.0
+RAY_STARTED = b"block forever"  # what `ray start --block` prints once its processes are up
 
 
 @dataclass(frozen=True)
@@ -67,27 +70,61 @@ def ray_token_auth_supported() -> bool:
     return importlib.util.find_spec("ray._private.authentication") is not None
 
 
-def ray_secret(folder: Path) -> str:
-    """The Ray cluster's token: created once, handed to PCs at join, never printed."""
+def ray_secret(folder: Path, new: bool = False) -> str:
+    """The Ray cluster's token: created once (or anew, when a removal rotates it), handed to PCs at
+    join, never printed."""
     path = folder / "ray-token"
-    if not path.exists():
+    if new or not path.exists():
         write_private(path, secrets.token_hex(32).encode())
     return path.read_text().strip()
 
 
-def _use_ray_token(token: str) -> None:
-    """Make this process (the coordinator, a Ray driver) present the cluster's token.
+class Reconnecting:
+    """The executor the coordinator drives: the current `RayExecutor`, which a rotation of Ray's token
+    replaces (Ray reads its token once per process, so the cluster restarts). While it does, the
+    coordinator's loop waits in its next executor call instead of calling a Ray that is gone."""
 
-    Ray reads the mode and the token once per process; the reset is the one its own test utilities
-    (`ray._private.authentication_test_utils`) use, so a driver started before the token was known
-    picks it up too.
+    def __init__(self, inner: RayExecutor) -> None:
+        self._inner = inner
+        self._ready = threading.Event()
+        self._ready.set()
+
+    def __getattr__(self, name: str) -> object:
+        self._ready.wait()
+        return getattr(self._inner, name)
+
+    def hold(self) -> None:
+        self._ready.clear()
+
+    def resume(self, inner: RayExecutor) -> None:
+        self._inner = inner
+        self._ready.set()
+
+
+def _use_ray_token(token: str, tls: RayTls | None) -> None:
+    """Make this process (the coordinator, a Ray driver) present the cluster's token, over TLS when
+    the cluster uses it.
+
+    Ray reads the mode, the token and TLS settings once per process; the reset is the one its own test
+    utilities (`ray._private.authentication_test_utils`) use, so a driver started before the token was
+    known picks it up too.
     """
     from ray._raylet import AuthenticationTokenLoader, Config
 
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **(tls.env() if tls else {})})
     os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _forget_last_ray_session() -> None:
+    """Drop Ray's note of the cluster last started here (`ray_current_cluster` in its temp folder): with
+    it, `ray start --head` refuses to start again at that address ("already running") while any process
+    in `ps` names it, e.g. a PC's raylet still reaching for the head that restarted, where PCs share one
+    process table (PCs in network namespaces on one machine). The head starts a new cluster anyway."""
+    from ray._common.utils import get_ray_address_file
+
+    Path(get_ray_address_file(None)).unlink(missing_ok=True)
 
 
 def add_node(coordinator: Coordinator, executor: RayExecutor, info: NodeInfo, new_worker: bool = False) -> None:
@@ -121,13 +158,28 @@ class Head:
         self.executor: RayExecutor | None = None
         self.links: AgentLinks | None = None
         self.membership: Membership | None = None
+        self._own: tuple[NodeInfo, ...] = ()
+        self._executor: Reconnecting | None = None
+        self._ray_lock = threading.Lock()  # joins wait while Ray restarts with a new token, and so does `stop`
+        self._stopping = threading.Event()
+        # Set after every ray.init: Ray installs its own SIGTERM handler, which would skip `stop` and leave
+        # the Ray head running; the main thread puts `farm head`'s back (`farm.cli.cluster`).
+        self.ray_connected = threading.Event()
 
     @property
     def ray_address(self) -> str:
         return f"{self.config.advertise}:{self.config.ray_port}"
 
     def join_command(self) -> str:
-        return f"farm join {self.config.advertise}:{self.port} --token {self.creds.tokens.farm_token}"
+        """The line to run on a PC: the join token in the environment, never in `ps` or an argument."""
+        return f"FARM_TOKEN={self.creds.tokens.join_token} farm join {self.config.advertise}:{self.port}"
+
+    def _ray_tls(self) -> RayTls | None:
+        """Ray's TLS files for this head (a certificate naming its address), or None on loopback only."""
+        if is_loopback(self.config.advertise):
+            return None
+        ident = ray_identity(self.creds.ca, (self.config.advertise, "127.0.0.1"))
+        return RayTls.write(self.folder, ident.key_pem, ident.cert_pem, self.creds.ca.cert_pem)
 
     def start(self) -> None:
         cfg = self.config
@@ -135,18 +187,17 @@ class Head:
             log.warning("this Ray has no token authentication: allow port %d from farm PCs only", cfg.ray_port)
         probe = HostProbe(self.gpus)
         own = nodes_for(cfg.name, probe.hardware(), cfg.policy)
-        _use_ray_token(self.ray_token)
-        self._ray = Supervisor(ray_head_command(cfg.ray_port, own, self.ray_token, node_ip=cfg.advertise, ray=cfg.ray,
-                                                ports_from=cfg.ray_ports_from),
-                               self.folder / "ray-head.log")
-        self._ray.start()
+        os.environ.update(QUIET_RAY)  # this process is a Ray driver too: the same quiet timers
+        self._own = own
+        self._start_ray()
         self._connect_ray()
-        self.executor = RayExecutor(own, cfg.home)
+        self.executor = RayExecutor(own, cfg.home, models=from_environment)  # a PC's actor fetches what it lacks
+        self._executor = Reconnecting(self.executor)
         self._store = Store(cfg.state) if cfg.state is not None else None
         metrics = FarmMetrics()
-        self.coordinator = Coordinator(MeteredExecutor(self.executor, metrics.work), PngWriter(cfg.out),
+        self.coordinator = Coordinator(MeteredExecutor(self._executor, metrics.work), PngWriter(cfg.out),  # type: ignore[arg-type]
                                        store=self._store)
-        self.links = AgentLinks(self.coordinator, on_new_worker=self._new_worker)
+        self.links = AgentLinks(self.coordinator, on_new_worker=self._new_worker, on_offline=self.coordinator.node_left)
         self.membership = Membership(self.folder, self.creds.ca, self.creds.tokens, self.ray_address, self.ray_token,
                                      on_join=self._joined, on_remove=self._removed)
         for member in self.membership.members():  # PCs that joined before a restart: their workers reconnect
@@ -155,28 +206,68 @@ class Head:
         threading.Thread(target=self._agent.run, name="head-agent", daemon=True).start()
         self.links.add(cfg.name, tuple(n.name for n in own), InProcessHandle(self._agent))
         self.coordinator.start()
-        service = NodesWithTelemetry(self.coordinator, self.links)
+        library = ModelLibrary(head_folder)
+        own_names = tuple(n.name for n in own)
+        service = ServedModels(NodesWithTelemetry(self.coordinator, self.links), library, self.coordinator, own_names)
         checker = health_service()
         self.coordinator.on_health = lambda serving: set_serving(checker, serving)
         self._server, self.port = serve_control(service, f"{cfg.bind}:{cfg.port}", tls=self.creds.tls, checker=checker,
-                                                tokens=self.creds.tokens, membership=self.membership)
+                                                tokens=self.creds.tokens, membership=self.membership,
+                                                more=lambda server, access: add_models_service(
+                                                    server, access, library, self.coordinator, self._nodes_of,
+                                                    own_names))
         set_serving(checker, self.coordinator.serving)  # the loop may have stopped before it was watched
         write_private(self.folder / "control.port", str(self.port).encode())
         metrics.watch(service)
         if cfg.http is not None:
             host, port = cfg.http
-            app = make_app(service, authenticate=farm_token_users(self.creds.tokens.is_farm_token),
+            app = make_app(service, authenticate=token_users(self.creds.tokens.identify),
                            require_credentials=needs_credentials(host), metrics=metrics.render)
             tls = (self.folder / "head.key", self.folder / "head.pem") if cfg.http_tls else None
             self.http = HttpServer(app, host, port, tls)
             self.http.start()
 
+    def _nodes_of(self, pc: str) -> tuple[str, ...]:
+        """The node names of a member PC (none for an unknown name)."""
+        assert self.membership is not None
+        return next((tuple(n.name for n in m.nodes) for m in self.membership.members() if m.name == pc), ())
+
+    def _start_ray(self) -> None:
+        """The Ray head with the current token (over TLS off loopback), supervised; `_connect_ray`
+        then makes this process its driver."""
+        cfg = self.config
+        tls = self._ray_tls()
+        _use_ray_token(self.ray_token, tls)
+        log_path = self.folder / "ray-head.log"
+        self._ray = Supervisor(ray_head_command(cfg.ray_port, self._own, self.ray_token, node_ip=cfg.advertise,
+                                                ray=cfg.ray, ports_from=cfg.ray_ports_from, tls=tls), log_path)
+        self._ray_log_mark = log_path.stat().st_size if log_path.exists() else 0
+        _forget_last_ray_session()
+        self._ray.start()
+
+    def _ray_started(self, deadline: float) -> None:
+        """Wait until this start's `ray start --block` says the runtime is up (GCS and raylet). A
+        driver that connects while the GCS is still coming up (as after a token rotation) can be
+        aborted inside Ray (a fatal check on its first job id), taking the head with it."""
+        path = self.folder / "ray-head.log"
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            try:
+                with path.open("rb") as f:
+                    f.seek(self._ray_log_mark)
+                    if RAY_STARTED in f.read():
+                        return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.5)
+
     def _connect_ray(self) -> None:
         deadline = time.monotonic() + RAY_CONNECT_S
+        self._ray_started(deadline)
         while True:
             try:
                 ray.init(address=self.ray_address, _node_ip_address=self.config.advertise, logging_level="ERROR",
                          log_to_driver=False)
+                self.ray_connected.set()
                 return
             except (ConnectionError, RuntimeError) as e:
                 if time.monotonic() > deadline:
@@ -192,8 +283,9 @@ class Head:
 
     def _joined(self, member: Member) -> None:
         assert self.coordinator is not None and self.executor is not None and self.links is not None
-        for info in member.nodes:  # a (re)join means a new Ray worker on that PC: always a fresh actor
-            add_node(self.coordinator, self.executor, info, new_worker=True)
+        with self._ray_lock:  # not while Ray restarts with a new token
+            for info in member.nodes:  # a (re)join means a new Ray worker on that PC: always a fresh actor
+                add_node(self.coordinator, self.executor, info, new_worker=True)
         self.links.add(member.name, tuple(n.name for n in member.nodes),
                        RemoteAgent(member, self.creds.ca.cert_pem))
 
@@ -201,12 +293,14 @@ class Head:
         assert self.coordinator is not None and self.executor is not None and self.membership is not None
         info = next((n for m in self.membership.members() for n in m.nodes if n.name == node), None)
         if info is not None:
-            add_node(self.coordinator, self.executor, info, new_worker=True)
+            with self._ray_lock:
+                add_node(self.coordinator, self.executor, info, new_worker=True)
 
     def _removed(self, member: Member) -> None:
         """A removed PC leaves at once: its agent stops its Ray worker (as for a pause), its actors are
         killed, and the coordinator forgets its nodes; a segment one was running resumes elsewhere
-        from its last checkpoint."""
+        from its last checkpoint. Then Ray's token, which the PC knows, is rotated (in the background:
+        the Ray cluster restarts)."""
         assert self.coordinator is not None and self.links is not None and self.executor is not None
         for info in member.nodes:
             self.links.command(info.name, NodeStatus.PAUSED, "removed from the farm")
@@ -216,10 +310,53 @@ class Head:
             except FarmError as e:
                 log.warning("removing %s: %s", info.name, e)
         self.links.remove(member.name)
+        threading.Thread(target=self._rotate_ray_token, name="rotate-ray-token", daemon=True).start()
+
+    def _rotate_ray_token(self) -> None:
+        """A new Ray token, so that a removed PC (whose farm certificate still passes Ray's TLS, which
+        checks the CA only) cannot reach the cluster. Ray reads its token once per process, so the Ray
+        head restarts with it: every node goes offline first (its segment is requeued from its last
+        checkpoint, as for a lost node; the node stays listed, with its pause or drain), the head's own
+        node comes back at once, and each remaining PC's Ray worker, which loses the old cluster, is
+        restarted by its agent with the token it asks the head for (`RayToken`) and gets a new actor,
+        as after any restart."""
+        assert self.coordinator is not None and self.membership is not None and self._executor is not None
+        with self._ray_lock:
+            if self._stopping.is_set():
+                return
+            self.ray_token = ray_secret(self.folder, new=True)
+            self.membership.ray_token = self.ray_token  # a PC that joins from now on gets the new one
+            log.warning("Ray's token rotated after a removal: restarting the Ray cluster")
+            for info in (*self._own, *(n for m in self.membership.members() for n in m.nodes)):
+                try:
+                    self.coordinator.node_left(info.name, "Ray restarts with a new token")
+                except FarmError as e:
+                    log.warning("while rotating Ray's token, %s: %s", info.name, e)
+            self._executor.hold()
+            for step in (self.executor.shutdown, ray.shutdown, self._ray.stop):  # type: ignore[union-attr]
+                try:
+                    step()
+                except Exception:
+                    log.exception("while stopping Ray to rotate its token")
+            self._start_ray()
+            while not self._stopping.is_set():  # the supervisor keeps starting Ray (a port still held)
+                try:
+                    self._connect_ray()
+                    break
+                except FarmError as e:
+                    log.warning("Ray has not restarted yet: %s", e)
+            else:
+                return  # the head stops: `stop` stops the new Ray head
+            self.executor = RayExecutor(self._own, self.config.home, models=from_environment)
+            self._executor.resume(self.executor)
+            for info in self._own:
+                self.coordinator.node_joined(info)
 
     def stop(self) -> None:
         """Stop everything that started, last first; one failing step (Ray already gone) does not
-        keep the others, above all the Ray head process, from stopping."""
+        keep the others, above all the Ray head process, from stopping. A rotation of Ray's token
+        under way ends first, so that no Ray head it started outlives this."""
+        self._stopping.set()
         steps = [
             lambda: self.http.stop() if self.http is not None else None,
             lambda: self._server.stop(grace=2).wait() if self._server is not None else None,
@@ -231,8 +368,9 @@ class Head:
             lambda: self._store.close() if self._store is not None else None,
             lambda: (self.folder / "control.port").unlink(missing_ok=True),
         ]
-        for step in steps:
-            try:
-                step()
-            except Exception:
-                log.exception("while stopping the head")
+        with self._ray_lock:
+            for step in steps:
+                try:
+                    step()
+                except Exception:
+                    log.exception("while stopping the head")

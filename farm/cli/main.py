@@ -17,7 +17,10 @@ from typing import NoReturn
 from farm.cli.cluster import add_cluster_commands
 from farm.contracts.domain import JobSpec, NodeInfo
 from farm.contracts.errors import FarmError, InvalidInput
-from farm.jobs.jobspec import load_job_file, make_job
+from farm.contracts.text import safe_text
+from farm.jobs.init_image import read_image
+from farm.jobs.jobspec import load_job, make_job
+from farm.jobs.loras import parse_lora_flag
 from tui.cli import add_tui_command
 
 
@@ -93,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--guidance", type=float, default=None, help="default: the model's own")
     render.add_argument("--sampler", default=None, help="default: the model's own")
     render.add_argument("--negative", default="", help="negative prompt")
+    render.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
+                        help="apply a LoRA adapter at this weight (-4 to 4; NAME alone: 1); repeatable")
+    render.add_argument("--init-image", type=Path, default=None, metavar="PATH",
+                        help="img2img: start from this image (resized to --width x --height); sd15, sdxl, flux")
+    render.add_argument("--strength", type=float, default=None,
+                        help="img2img: how much of the init image is re-noised, in (0, 1] (default 0.75)")
     _common(render)
 
     run = sub.add_parser("run", help="render a TOML job file on the embedded farm")
@@ -108,29 +117,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec | None:
+    return _job_and_image(args)[0]
+
+
+def _job_and_image(args: argparse.Namespace) -> tuple[JobSpec | None, bytes | None]:
+    """The job the command line asks for, and its init image's bytes (None without one)."""
     if args.command == "resume":
         if args.state is None:
             raise InvalidInput("--state", "give the folder of the stopped run's queue")
-        return None
+        return None, None
     if args.command == "demo":
         from farm.cli.demo import demo_job
 
-        return demo_job()
+        return demo_job(), None
     if args.command == "run":
-        return load_job_file(args.job_file)
+        return load_job(args.job_file)
     if not args.prompts:
         raise InvalidInput("prompts", "give 1 to 10000 prompts, e.g. farm render \"a red circle\"")
+    image = read_image(args.init_image) if args.init_image is not None else None
     return make_job(
         model=args.model, prompts=args.prompts, seeds=args.seeds, seed=args.seed, steps=args.steps,
         width=args.width, height=args.height, guidance=args.guidance, sampler=args.sampler,
-        negative_prompt=args.negative,
-    )
+        negative_prompt=args.negative, loras=[parse_lora_flag(text) for text in args.lora],
+        init_image=image, strength=args.strength,
+    ), image
 
 
 def _execute(args: argparse.Namespace) -> int:
     if hasattr(args, "func"):  # commands registered by other modules (cluster, dashboard)
         return args.func(args)
-    job = _job_from_args(args)  # every check runs before any process starts
+    job, image = _job_and_image(args)  # every check runs before any process starts
     from farm.cli.embedded import render_embedded
     from farm.cli.progress import JobProgress
     from farm.cli.summary import print_summary, result_json
@@ -139,10 +155,10 @@ def _execute(args: argparse.Namespace) -> int:
     if getattr(args, "tui", False):
         from farm.cli.embedded import dashboard_embedded
 
-        views = dashboard_embedded(job, nodes, args.out, state=args.state)
+        views = dashboard_embedded(job, nodes, args.out, state=args.state, init_image=image)
     else:
         with JobProgress() as progress:
-            views = render_embedded(job, nodes, args.out, progress, state=args.state)
+            views = render_embedded(job, nodes, args.out, progress, state=args.state, init_image=image)
     if not views:
         print("farm: nothing to resume: every job in the store is finished", file=sys.stderr)
     for view in views:
@@ -158,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _execute(args)
     except FarmError as e:
-        print(f"farm: {e}", file=sys.stderr)
+        print(f"farm: {safe_text(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("farm: interrupted", file=sys.stderr)
@@ -166,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the last line of defence: one line, not a traceback
         if os.environ.get("FARM_DEBUG"):
             traceback.print_exc()
-        print(f"farm: internal error: {type(e).__name__}: {e} (set FARM_DEBUG=1 for details)", file=sys.stderr)
+        print(f"farm: internal error: {type(e).__name__}: {safe_text(e)} (set FARM_DEBUG=1 for details)",
+              file=sys.stderr)
         return 1
 
 

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 from farm.contracts.control import FarmService, NodeStatus
+from farm.contracts.text import safe_markup
 
 
 class JobProgress:
@@ -49,15 +50,16 @@ class JobProgress:
     def update(self, service: FarmService, job_id: str) -> None:
         view = service.get_job(job_id)
         if job_id not in self.jobs:
-            self.jobs[job_id] = self.progress.add_task(f"job {job_id}", total=view.steps_total, detail="")
+            self.jobs[job_id] = self.progress.add_task(safe_markup(f"job {job_id}"), total=view.steps_total, detail="")
         self.progress.update(self.jobs[job_id], completed=view.steps_done,
                              detail=f"{view.samples_done}/{view.samples_total} samples, {view.status}")
         for node in service.list_nodes():
             name = node.info.name
             if name not in self.nodes:
-                self.nodes[name] = self.progress.add_task(f"{name} ({node.info.vram_gib:g} GiB)", total=1, detail="")
+                self.nodes[name] = self.progress.add_task(safe_markup(f"{name} ({node.info.vram_gib:g} GiB)"), total=1,
+                                                          detail="")
             if node.status == NodeStatus.BUSY and node.segment_total:
                 self.progress.update(self.nodes[name], total=node.segment_total, completed=node.segment_step,
-                                     detail=node.segment.split("/")[-1])
+                                     detail=safe_markup(node.segment.split("/")[-1]))
             else:
                 self.progress.update(self.nodes[name], detail=str(node.status))

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from farm.contracts.control import JobView
 from farm.contracts.domain import NodeInfo
+from farm.contracts.text import safe_markup
 
 
 def result_json(view: JobView) -> dict[str, object]:
@@ -40,13 +41,13 @@ def print_summary(view: JobView, nodes: Sequence[NodeInfo], console: Console | N
     for n in nodes:
         s = shares.get(n.name)
         if s is not None:
-            table.add_row(n.name, f"{n.vram_gib:g} GiB", str(s.samples), str(s.shards), str(s.segments),
+            table.add_row(safe_markup(n.name), f"{n.vram_gib:g} GiB", str(s.samples), str(s.shards), str(s.segments),
                           str(s.steps), f"{s.seconds:.1f}")
     console.print(table)
     console.print("steps = sample-steps rendered (a batch of 4 for 5 steps is 20)")
     if any(n.simulated for n in nodes):
         console.print("simulated nodes: planned for their declared VRAM and speed, computed on this CPU")
     if view.outputs:
-        console.print(f"outputs: {view.outputs[0].rsplit('/', 1)[0]}/")
+        console.print(f"outputs: {safe_markup(view.outputs[0].rsplit('/', 1)[0])}/")
     if view.error:
-        console.print(f"[red]error: {view.error}")
+        console.print(f"[red]error: {safe_markup(view.error)}")

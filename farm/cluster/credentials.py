@@ -1,5 +1,5 @@
 """The head's secrets in one place: the farm CA, the head's TLS identity and the tokens, all kept
-under `FARM_HOME/head/` so a restarted head keeps its farm (same CA, same members, same token)."""
+under `FARM_HOME/head/` so a restarted head keeps its farm (same CA, same members, same tokens)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,11 @@
 A join turns one PC into one node per GPU (its VRAM budget capped by the owner's rule), signs the PC's
 certificate request with the farm CA, and hands back what the PC needs to start its Ray worker. The
 member table is kept in the head's folder, so a restarted head still knows its PCs.
+
+A name belongs to the PC that joined with it: joining again under a member's name takes that member's
+own node token (the join token is not enough), and the new certificate replaces the old one: the head
+reaches a PC's agent only under the name its current certificate alone carries (`Member.agent_host`).
+A removed PC's node token is forgotten and the head stops calling it.
 """
 
 from __future__ import annotations
@@ -13,23 +18,30 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from farm.cluster.pki import FarmCA, node_host, write_private
-from farm.cluster.tokens import TokenStore
+from farm.cluster.pki import FarmCA, node_host, serial_host, serial_of, write_private
+from farm.cluster.tokens import Principal, Role, TokenStore
 from farm.contracts.control import OwnerPolicy
 from farm.contracts.domain import NodeInfo
-from farm.contracts.errors import InvalidInput, NotFound, Unauthenticated
+from farm.contracts.errors import InvalidInput, NotFound, PermissionDenied
 from farm.contracts.hardware import Hardware
 
 
 @dataclass(frozen=True)
 class Member:
-    """A joined PC: its agent's address, the nodes (GPUs) it brings, and the node token the head
-    presents to its agent (kept, 0600, so that a restarted head reaches its PCs again)."""
+    """A joined PC: its agent's address, the nodes (GPUs) it brings, the node token the head presents
+    to its agent (kept, 0600, so that a restarted head reaches its PCs again) and its certificate."""
 
     name: str
     agent_address: str
     nodes: tuple[NodeInfo, ...]
     token: str = field(default="", repr=False)
+    cert_pem: str = field(default="", repr=False)
+
+    @property
+    def agent_host(self) -> str:
+        """The name the head checks on this PC's agent: the one only its current certificate carries."""
+        host = node_host(self.name)
+        return serial_host(serial_of(self.cert_pem.encode()), host) if self.cert_pem else host
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,7 @@ class Membership:
         self._ca = ca
         self.tokens = tokens
         self._ray_address = ray_address
-        self._ray_token = ray_token
+        self.ray_token = ray_token  # replaced when a removal rotates it; PCs get the current one at (re)join
         self._on_join = on_join
         self._on_remove = on_remove
         self._lock = threading.Lock()
@@ -83,23 +95,39 @@ class Membership:
             return list(self._members.values())
 
     def join(self, name: str, csr_pem: bytes, hardware: Hardware, agent_address: str, policy: OwnerPolicy,
-             presented: str | None) -> JoinGrant:
-        """Admit a PC presenting the farm token, or a member presenting its own node token again."""
-        if not self.tokens.is_farm_token(presented) and self.tokens.node_of(presented) != name:
-            raise Unauthenticated("missing or wrong token")
+             caller: Principal, ips: tuple[str, ...] = ()) -> JoinGrant:
+        """Admit a PC presenting the join (or admin) token under a new name, or a member presenting its
+        own node token again; `ips` are the PC's addresses for its Ray certificate."""
+        if caller.role == Role.NODE and caller.name != name:
+            raise PermissionDenied(f"name: this node token belongs to {caller.name!r}, not {name!r}")
+        if caller.role not in (Role.JOIN, Role.ADMIN, Role.NODE):
+            raise PermissionDenied("Join: needs the join token (or a member's own node token)")
         nodes = nodes_for(name, hardware, policy)
-        cert = self._ca.issue(csr_pem, node_host(name))
-        token = self.tokens.issue_node_token(name)
-        member = Member(name, agent_address, nodes, token)
         with self._lock:
+            previous = self._members.get(name)
+            if previous is not None and caller.role != Role.NODE:
+                raise PermissionDenied(f"name: {name!r} is already a member of this farm: a PC rejoins with its "
+                                       "own node token; to give the name to another PC, first run "
+                                       f"`farm node remove {name}`")
+            cert = self._ca.issue(csr_pem, node_host(name), ips)
+            token = self.tokens.issue_node_token(name)
+            member = Member(name, agent_address, nodes, token, cert.decode())
             self._members[name] = member
             self._save()
         if self._on_join:
             self._on_join(member)
-        return JoinGrant(token, self._ca.cert_pem, cert, self._ray_address, self._ray_token, nodes)
+        return JoinGrant(token, self._ca.cert_pem, cert, self._ray_address, self.ray_token, nodes)
+
+    def ray_credentials(self, caller: Principal) -> tuple[str, str]:
+        """Ray's address and current token, for a member's own node token only."""
+        with self._lock:
+            if caller.role != Role.NODE or caller.name not in self._members:
+                raise PermissionDenied("RayToken: for a member PC's node token only")
+        return self._ray_address, self.ray_token
 
     def remove(self, name: str) -> Member:
-        """Forget a PC: its node token stops working and its nodes leave the farm."""
+        """Forget a PC: its node token stops working and its nodes leave the farm (`on_remove` also
+        rotates Ray's token, which the PC holds)."""
         with self._lock:
             member = self._members.pop(name, None)
             if member is None:

@@ -3,7 +3,18 @@ that joins, so every gRPC port off loopback speaks TLS with certificates the far
 
 Certificates name roles, not addresses (home PCs change IPs with DHCP): the head's says `farm-head`,
 a node's says `node-<name>`, and clients check those names (`grpc.ssl_target_name_override`). A node
-keeps its private key: it sends a certificate request and gets the certificate back.
+keeps its private key: it sends a certificate request and gets the certificate back. A node's
+certificate also names itself (`c<serial>.node-<name>`), which is the name the head checks when it
+calls that PC's agent: only the certificate of the PC's latest join passes, not an older one.
+
+The same certificates carry Ray's TLS between PCs (`RAY_USE_TLS`): Ray connects to node IP addresses
+and checks them against the certificate, so the ones Ray uses also name the PC's address and loopback.
+
+Node certificates last a year and are renewed at each re-join. A removed PC's certificate, and the one
+a re-join replaces, stop opening anything at once: the head checks each PC's agent under the name only
+the current certificate carries, node tokens are what the head's own servers check (Python's gRPC
+server cannot ask for an optional client certificate, so it has no certificate to check), and Ray,
+which checks certificates against the CA only, gets a new token when a PC is removed.
 
 First contact: a PC that joins does not have the CA yet. The join token carries a pin (a SHA-256
 prefix) of the head's certificate; the PC fetches that certificate, checks the pin before it sends
@@ -29,7 +40,8 @@ from farm.contracts.errors import FarmError, Unreachable
 
 HEAD_NAME = "farm-head"
 PIN_CHARS = 32  # hex characters of SHA-256: 128 bits
-VALID_DAYS = 3650
+CA_VALID_DAYS = 3650
+VALID_DAYS = 365  # node certificates and the head's Ray certificate; a re-join renews a node's
 
 
 def node_host(name: str) -> str:
@@ -103,7 +115,7 @@ class FarmCA:
         cert = (x509.CertificateBuilder().subject_name(_name("farm CA")).issuer_name(_name("farm CA"))
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+                .not_valid_after(now + datetime.timedelta(days=CA_VALID_DAYS))
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
                                              key_encipherment=False, data_encipherment=False, key_agreement=False,
@@ -114,8 +126,9 @@ class FarmCA:
         cert_path.write_bytes(_pem(cert))
         return cls(key, cert)
 
-    def issue(self, csr_pem: bytes, host: str) -> bytes:
-        """Sign a certificate request for DNS name `host`; the request's own names are ignored."""
+    def issue(self, csr_pem: bytes, host: str, ips: tuple[str, ...] = (), days: int = VALID_DAYS) -> bytes:
+        """Sign a certificate request for DNS name `host` (and `c<serial>.<host>`, and the IP addresses
+        `ips`, for Ray); the request's own names are ignored."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError:
@@ -123,11 +136,15 @@ class FarmCA:
         if not csr.is_signature_valid:
             raise BadCertificateRequest("csr_pem: its signature does not match its key")
         now = datetime.datetime.now(datetime.UTC)
+        serial = x509.random_serial_number()
+        names: list[x509.GeneralName] = [x509.DNSName(host), x509.DNSName(serial_host(serial, host))]
+        if ips:
+            names += [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]
         cert = (x509.CertificateBuilder().subject_name(_name(host)).issuer_name(self.cert.subject)
-                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+                .public_key(csr.public_key()).serial_number(serial)
                 .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+                .not_valid_after(now + datetime.timedelta(days=days))
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                       ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -140,8 +157,26 @@ class FarmCA:
         if not (key_path.exists() and cert_path.exists()):
             key_pem, csr_pem = new_key_and_csr(HEAD_NAME)
             write_private(key_path, key_pem)
-            cert_path.write_bytes(self.issue(csr_pem, HEAD_NAME))
+            # As long as the CA: every token carries this certificate's pin, so renewing it would
+            # void them all (a node's certificate, pinned by nothing, lasts a year instead).
+            cert_path.write_bytes(self.issue(csr_pem, HEAD_NAME, days=CA_VALID_DAYS))
         return TlsIdentity(key_path.read_bytes(), cert_path.read_bytes())
+
+
+def serial_of(cert_pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(cert_pem).serial_number
+
+
+def serial_host(serial: int, host: str) -> str:
+    """The name only one certificate carries: `c<serial in hex>.<host>`."""
+    return f"c{serial:x}.{host}"
+
+
+def ray_identity(ca: FarmCA, ips: tuple[str, ...]) -> TlsIdentity:
+    """A fresh key and certificate for the head's Ray processes, naming the addresses `ips` Ray
+    connects to (the head's address may change between starts, so this one is issued at each start)."""
+    key_pem, csr_pem = new_key_and_csr(HEAD_NAME)
+    return TlsIdentity(key_pem, ca.issue(csr_pem, HEAD_NAME, ips))
 
 
 class BadCertificateRequest(FarmError):

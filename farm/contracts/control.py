@@ -78,6 +78,9 @@ class NodeView:
     loaded: tuple[str, ...] = ()
     policy: OwnerPolicy = field(default_factory=OwnerPolicy)
     pause_reason: str = ""
+    stored: tuple[str, ...] = ()  # models only the head holds that its PC has on disk
+    allow_models: tuple[str, ...] = ()  # the owner's model lists (fnmatch patterns; empty allow: every model)
+    deny_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,13 +147,19 @@ class Event:
 
 
 class FarmService(Protocol):
-    def submit(self, spec: JobSpec) -> str: ...
+    def submit(self, spec: JobSpec, init_image: bytes | None = None) -> str:
+        """Queue `spec`; an img2img job brings its init image's bytes (`spec.init_image` is their hash)."""
 
-    def list_jobs(self) -> list[JobView]: ...
+    def list_jobs(self, after: str = "", limit: int | None = None) -> list[JobView]:
+        """Every job in queue order; with `after` or `limit`, a page: up to `limit` jobs whose ids
+        sort after `after`, in id order (what the control API's paginated ListJobs serves)."""
 
     def get_job(self, job_id: str) -> JobView: ...
 
     def cancel_job(self, job_id: str) -> None: ...
+
+    def forget_job(self, job_id: str) -> None:
+        """Remove a done, failed or cancelled job from the queue; its output files stay."""
 
     def pause_job(self, job_id: str) -> None: ...
 

@@ -29,6 +29,17 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Lora:
+    """A LoRA adapter a job applies at `weight`, pinned to the bytes of its file (`farm.jobs.loras`):
+    every node loads the same file, and the outputs name it as A1111 does."""
+
+    name: str
+    weight: float
+    sha256: str = ""  # of the whole file, as the PC that accepted the job found it
+    short_hash: str = ""  # A1111's "Lora hashes" value (12 hex digits of the tensors' SHA-256)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated request; build it with `farm.jobs.jobspec.make_job`, which checks every field."""
 
@@ -44,6 +55,19 @@ class JobSpec:
     priority: int = 0
     owner: str = "local"
     frames: int = 1  # 1 for images; a video model's frame count
+    loras: tuple[Lora, ...] = ()  # adapters applied to every step of every sample
+    # img2img: the SHA-256 of the init image's bytes (a blob of the head's store; "" for text only),
+    # how much of it is re-noised, and the first of `steps` scheduler steps that runs (diffusers'
+    # `get_timesteps`, whose rounding differs by family: `farm.jobs.init_image.first_step`).
+    init_image: str = ""
+    strength: float = 1.0
+    first_step: int = 0
+
+    @property
+    def run_steps(self) -> int:
+        """The steps a shard actually runs: every one for text, the last `steps - first_step` for
+        img2img. Segment bounds, progress and checkpoints count in these."""
+        return self.steps - self.first_step
 
     def samples(self) -> tuple[Sample, ...]:
         """Every prompt once per seed, prompt-major, so sample indices are stable across runs."""
@@ -158,6 +182,8 @@ class SegmentTask:
 
     `checkpoint` is the msgpack checkpoint of the previous segment (None for the first, which
     encodes the prompts); after the shard's last step the node decodes and returns images.
+    `init_image` is the job's init image (its file's bytes), sent only with the first segment: that
+    node encodes it into the first checkpoint, later segments need only the checkpoint.
     """
 
     job: JobSpec
@@ -168,10 +194,11 @@ class SegmentTask:
     end: int
     checkpoint: bytes | None
     memory_mode: str = "full"
+    init_image: bytes | None = None
 
     @property
     def last(self) -> bool:
-        return self.end == self.job.steps
+        return self.end == self.job.run_steps
 
 
 @dataclass(frozen=True)

@@ -57,5 +57,17 @@ class Unauthenticated(FarmError):
     """The head or an agent refused the token: it is missing, wrong, rotated, or the node was removed."""
 
 
+class PermissionDenied(FarmError):
+    """A known credential asked for something outside its role (another user's job, an admin command):
+    the control API answers PERMISSION_DENIED, the CLI prints one line and exits 2."""
+
+    exit_code = 2
+
+
 class Unreachable(FarmError):
     """The head or an agent did not answer (not started, wrong address, a firewall in between)."""
+
+
+class LimitReached(FarmError):
+    """A per-user cap is reached (unfinished jobs, open streams): the control API answers
+    RESOURCE_EXHAUSTED; the message names the limit and the allowed range."""

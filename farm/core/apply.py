@@ -18,7 +18,7 @@ from farm.contracts.domain import JobStatus, StepRun
 from farm.contracts.errors import InvalidInput, NotFound
 from farm.core import events as ev
 from farm.core.state import PEAKS_KEPT, FarmState, JobState, NodeRecord, ShardState
-from farm.core.transitions import FINAL, WAITING, transition
+from farm.core.transitions import ENDED, FINAL, WAITING, transition
 
 PRIORITY_RANGE = (-100, 100)
 
@@ -110,6 +110,14 @@ def _cancelled(state: FarmState, e: ev.JobCancelled) -> FarmState:
     return _put_job(state, _status(_job(state, e.job_id), JobStatus.CANCELLED, e.at))
 
 
+def _forgotten(state: FarmState, e: ev.JobForgotten) -> FarmState:
+    job = _job(state, e.job_id)
+    if job.status not in ENDED:
+        raise InvalidInput("job", f"{e.job_id} is {job.status}: only a done, failed or cancelled job can be removed "
+                           "(cancel it first)")
+    return replace(state, jobs=state.jobs.delete(e.job_id))
+
+
 def _paused(state: FarmState, e: ev.JobPaused) -> FarmState:
     return _put_job(state, _status(_job(state, e.job_id), JobStatus.PAUSED, e.at))
 
@@ -175,6 +183,15 @@ def _planned(state: FarmState, e: ev.ShardsPlanned) -> FarmState:
     return replace(state, replan=False)
 
 
+def _moved_shard(state: FarmState, e: ev.ShardMoved) -> FarmState:
+    """A shard waiting at a segment boundary gets a new home (stale when it runs or is done)."""
+    found = state.shard(e.shard_id)
+    if found is None or found[1].node or found[1].rendered or e.node not in state.nodes:
+        return state
+    job, shard = found
+    return _put_shard(state, job, replace(shard, shard=replace(shard.shard, home=e.node)))
+
+
 # ----- nodes ------------------------------------------------------------------------------------
 
 
@@ -228,8 +245,27 @@ def _ready(state: FarmState, e: ev.NodeReady) -> FarmState:
     node = state.nodes.get(e.node)
     if node is None:
         return state
-    return replace(_put_node(state, replace(node, ready=True, offline="", probing=False)),
-                   replan=state.replan or not node.ready)
+    state = replace(_put_node(state, replace(node, ready=True, offline="", probing=False)),
+                    replan=state.replan or not node.ready)
+    return replace(state, speeds=state.speeds.calibrate(e.node, e.calibration)) if e.calibration else state
+
+
+def _node_models(state: FarmState, e: ev.NodeModels) -> FarmState:
+    """A node's disk and lists changed: unstarted work is placed again (a list may now refuse a job)."""
+    node = state.nodes.get(e.node)
+    if node is None:
+        return state
+    return replace(_put_node(state, replace(node, stored=e.stored, allow_models=e.allow, deny_models=e.deny,
+                                            link_bytes_per_s=e.link_bytes_per_s)), replan=True)
+
+
+def _model_served(state: FarmState, e: ev.ModelServed) -> FarmState:
+    state = replace(state, synced=state.synced.set(e.model, e.size))
+    for name in e.holders:
+        node = state.nodes.get(name)
+        if node is not None:
+            state = _put_node(state, replace(node, stored=node.stored | {e.model}))
+    return state
 
 
 def _interrupted(state: FarmState, e: ev.NodeInterrupted) -> FarmState:
@@ -358,11 +394,14 @@ def _time(state: FarmState, e: ev.TimePassed) -> FarmState:
 
 
 _HANDLERS = {
-    ev.JobSubmitted: _submitted, ev.JobCancelled: _cancelled, ev.JobPaused: _paused, ev.JobResumed: _resumed,
+    ev.JobSubmitted: _submitted, ev.JobCancelled: _cancelled, ev.JobForgotten: _forgotten,
+    ev.JobPaused: _paused, ev.JobResumed: _resumed,
     ev.JobRetried: _retried, ev.JobReprioritised: _reprioritised, ev.JobMoved: _moved, ev.JobFailed: _failed,
-    ev.ShardsPlanned: _planned, ev.NodeJoined: _joined, ev.NodeLeft: _left, ev.NodePaused: _node_paused,
+    ev.ShardsPlanned: _planned, ev.ShardMoved: _moved_shard, ev.NodeJoined: _joined, ev.NodeLeft: _left,
+    ev.NodePaused: _node_paused,
     ev.NodeDrained: _drained, ev.NodeResumed: _node_resumed, ev.NodeRemoved: _removed,
-    ev.NodeInterrupted: _interrupted, ev.NodeProbed: _probed, ev.NodeReady: _ready,
+    ev.NodeInterrupted: _interrupted, ev.NodeModels: _node_models,
+    ev.ModelServed: _model_served, ev.NodeProbed: _probed, ev.NodeReady: _ready,
     ev.SegmentStarted: _started, ev.SegmentProgressed: _progressed,
     ev.SegmentFinished: _finished, ev.SegmentFailed: _segment_failed, ev.SegmentLost: _lost,
     ev.OutputsWritten: _written,

@@ -52,7 +52,7 @@ def _equal_plan(state: FarmState, now: float) -> ShardsPlanned:
                 assert sized is not None
                 samples = job.unplanned[cursor:cursor + size]
                 index = job.next_shard + len(shards)
-                shards.append(_whole(job.id, index, samples, node.info.name, job.spec.steps, sized))
+                shards.append(_whole(job.id, index, samples, node.info.name, job.spec.run_steps, sized))
                 cursor += size
         plans.append((job.id, (), tuple(shards)))
     return ShardsPlanned(now, tuple(plans))
@@ -81,7 +81,7 @@ def one_sample_per_task(state: FarmState, now: float) -> list[Action]:
         for job in _arrivals(state):
             if job.unplanned:
                 needs = costmodel.mode_needs(job.shape, 1)
-                shards = tuple(Shard(shard_id(job.id, job.next_shard + k), job.id, (i,), "", ((0, job.spec.steps),),
+                shards = tuple(Shard(shard_id(job.id, job.next_shard + k), job.id, (i,), "", ((0, job.spec.run_steps),),
                                      needs[0][1], needs[0][0], needs) for k, i in enumerate(job.unplanned))
                 plans.append((job.id, (), shards))
         planned = ShardsPlanned(now, tuple(plans))

@@ -8,7 +8,9 @@ One pass, in this order:
 2. interrupt nodes whose segment is no longer wanted where it runs (the node was paused, the job
    cancelled): they checkpoint at the next step boundary and hand the rest back;
 3. write the samples of rendered shards (each once);
-4. give every idle node one ready segment (`planner.plan_tick`), in queue order.
+4. give every idle node one ready segment (`planner.plan_tick`), in queue order; a shard that moves
+   to another node at a segment boundary (predicted to finish sooner there) is recorded as a
+   `ShardMoved` event first, with both predictions, so the job's activity shows why.
 
 The same functions, with another placement, make the baselines of `farm.core.baselines`.
 """
@@ -18,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from farm.contracts.domain import JobStatus, NodeState, ReadySegment
-from farm.core import costmodel, order, planner
+from farm.core import costmodel, model_lists, order, planner
 from farm.core.actions import Action, InterruptNode, ProbeNode, Record, StartSegment, WriteOutputs
 from farm.core.apply import apply
-from farm.core.events import NodeLeft, SegmentLost, ShardsPlanned
-from farm.core.speed import load_seconds, reference_decode_seconds
+from farm.core.events import NodeLeft, SegmentLost, ShardMoved, ShardsPlanned
+from farm.core.speed import checkpoint_bytes, last_segment_modes, load_seconds, reference_decode_seconds
 from farm.core.state import FarmState, JobState, NodeRecord, ShardState
 from farm.core.transitions import FINAL, WAITING
 
@@ -48,7 +50,7 @@ def decide(state: FarmState, now: float) -> list[Action]:
         planned = plan(state, now)
         actions.append(Record(planned))
         state = apply(state, planned)
-    return actions + probes(state, now) + interrupts(state) + writes(state) + dispatch(state)
+    return actions + probes(state, now) + interrupts(state) + writes(state) + dispatch(state, now)
 
 
 # ----- reading the state in a stable order ------------------------------------------------------
@@ -95,6 +97,10 @@ def context(state: FarmState, skip: Iterable[str] = ()) -> planner.PlanContext:
         backlog=planner.backlog_seconds(started, infos, state.speeds),
         loaded={n.info.name: n.loaded for n in state.nodes.values()},
         peak_factors={n.info.name: n.peak_factor for n in state.nodes.values()},
+        synced=dict(state.synced),
+        stored={n.info.name: n.stored for n in state.nodes.values()},
+        links={n.info.name: n.link_bytes_per_s for n in state.nodes.values()},
+        lists={n.info.name: (n.allow_models, n.deny_models) for n in state.nodes.values()},
     )
 
 
@@ -119,7 +125,10 @@ def liveness(state: FarmState, now: float) -> list[NodeLeft | SegmentLost]:
         name = node.info.name
         timeout = PROBE_TIMEOUT_S if node.offline else STARTUP_TIMEOUT_S
         if node.probing and node.probed_at is not None and now - node.probed_at > timeout:
-            out.append(NodeLeft(now, name, f"Ray worker unreachable: no answer to a health probe in {timeout:.0f} s"))
+            # An offline node keeps the reason it went offline for (its agent may have said which port
+            # is blocked): the unanswered probe only confirms it.
+            why = node.offline or f"Ray worker unreachable: no answer to a health probe in {timeout:.0f} s"
+            out.append(NodeLeft(now, name, why))
             continue
         found = state.shard(node.running) if node.running else None
         if found is None:
@@ -143,11 +152,30 @@ def probes(state: FarmState, now: float) -> list[Action]:
     return out
 
 
+def next_check(state: FarmState) -> float | None:
+    """The earliest time at which the clock alone can make `decide` act (a probe or a lease running
+    out, an offline node due for another probe); None when only an event can. A runner sleeps until
+    then instead of asking `decide` every second."""
+    due: list[float] = []
+    for node in state.nodes.values():
+        if node.probing and node.probed_at is not None:
+            due.append(node.probed_at + (PROBE_TIMEOUT_S if node.offline else STARTUP_TIMEOUT_S))
+        elif node.offline and not node.ready and node.probed_at is not None:
+            due.append(node.probed_at + PROBE_EVERY_S)
+        found = state.shard(node.running) if node.running else None
+        if found is not None:
+            job, shard = found
+            due.append(shard.heard_at + lease_seconds(state, node, shard, job.shape))
+    return min(due, default=None)
+
+
 # ----- 1. placement -----------------------------------------------------------------------------
 
 
 def fits_somewhere(state: FarmState, job: JobState, nodes: Iterable[NodeRecord]) -> bool:
-    return any(costmodel.best_fit(job.shape, n.info.vram_gib, 1, n.peak_factor) for n in nodes)
+    """Some node holds a sample in VRAM and its owner's model lists allow the job's model."""
+    return any(costmodel.best_fit(job.shape, n.info.vram_gib, 1, n.peak_factor) for n in nodes
+               if model_lists.allows_job(job.spec.model, job.adapters, n.allow_models, n.deny_models))
 
 
 def plan(state: FarmState, now: float) -> ShardsPlanned:
@@ -161,8 +189,8 @@ def plan(state: FarmState, now: float) -> ShardsPlanned:
         samples = tuple(sorted(job.unplanned + tuple(i for s in unstarted for i in s.shard.sample_indices)))
         if not samples or not fits_somewhere(state, job, nodes):
             continue
-        demands.append((job_id, planner.Demand(job.spec.model, job.shape, job.spec.steps, samples, job.spec.priority,
-                                               job.next_shard)))
+        demands.append((job_id, planner.Demand(job.spec.model, job.shape, job.spec.run_steps, samples,
+                                               job.spec.priority, job.next_shard, job.adapters)))
         dropped[job_id] = tuple(s.shard.id for s in unstarted)
     if not demands:
         return ShardsPlanned(now, ())
@@ -196,14 +224,18 @@ def writes(state: FarmState) -> list[Action]:
 
 
 def ready_segments(state: FarmState, job_ids: Iterable[str]) -> list[ReadySegment]:
-    """Segments whose previous segment is done and that run nowhere, in the order of `job_ids`."""
+    """Segments whose previous segment is done and that run nowhere, in the order of `job_ids`. A
+    shard's last segment lists its memory modes in the order of its time with the decode counted."""
     out = []
     for job_id in job_ids:
         job = state.jobs[job_id]
         for s in shards_in_order(job):
             if not s.rendered and not s.node:
+                needs = s.shard.needs
+                if s.next_index == len(s.shard.bounds) - 1:
+                    needs = last_segment_modes(job.shape, s.shard.batch, s.shard.bounds[-1][1] - s.step, needs)
                 out.append(ReadySegment(s.shard.id, s.next_index, s.shard.home, s.shard.need_gib, job_id,
-                                        job.spec.model, job.spec.priority, s.shard.needs))
+                                        job.spec.model, job.spec.priority, needs))
     return out
 
 
@@ -221,18 +253,82 @@ def node_table(state: FarmState, busy: Iterable[str] = ()) -> list[NodeState]:
                       peak_factor=n.peak_factor) for n in nodes_in_order(state)]
 
 
-def dispatch(state: FarmState) -> list[Action]:
+def finish_seconds(state: FarmState, seg: ReadySegment, node: NodeState) -> float:
+    """Predicted seconds until the segment's shard is done on `node` if it starts there now: its
+    remaining steps and decode at the node's learned speed, the model load (and fetch from the head)
+    where the node lacks the model, and the checkpoint's trip over the node's link when another node
+    ran the shard last."""
+    found = state.shard(seg.shard_id)
+    record = state.nodes.get(node.info.name)
+    if found is None or record is None:
+        return float("inf")
+    job, s = found
+    seconds = planner.shard_seconds(s.shard, job.shape, s.step, node.info, state.speeds)
+    if job.spec.model not in node.loaded:
+        seconds += load_seconds(job.shape)
+        if job.spec.model in state.synced and job.spec.model not in record.stored:
+            seconds += model_lists.transfer_seconds(state.synced[job.spec.model], record.link_bytes_per_s)
+    if s.checkpoint is not None and (not s.runs or s.runs[-1].node != node.info.name):
+        seconds += model_lists.transfer_seconds(checkpoint_bytes(job.shape, s.shard.batch), record.link_bytes_per_s)
+    return seconds
+
+
+def home_wait_seconds(state: FarmState, home: str) -> float:
+    """Predicted seconds until `home` is done with the segment it runs now (0 when idle)."""
+    node = state.nodes.get(home)
+    found = state.shard(node.running) if node is not None and node.running else None
+    if node is None or found is None:
+        return 0.0
+    job, s = found
+    end = s.shard.bounds[s.next_index][1]
+    left = state.speeds.step_seconds(node.info, job.shape, s.shard.batch) * max(0, end - max(s.step, s.progress))
+    if end == s.shard.bounds[-1][1]:
+        left += reference_decode_seconds(job.shape, s.shard.batch, True) * state.speeds.factor(node.info,
+                                                                                             job.shape.family)
+    return left
+
+
+def moved(state: FarmState, seg: ReadySegment, node: NodeState, now: float) -> ShardMoved:
+    """The record of a shard leaving its home for `node`, with both predictions."""
+    there = finish_seconds(state, seg, node)
+    home = state.nodes.get(seg.home)
+    if home is None or home.offline:
+        why = f"its home {seg.home} is gone"
+    else:
+        table = NodeState(home.info, busy=bool(home.running), online=home.takes_work, loaded=home.loaded,
+                          peak_factor=home.peak_factor)
+        stay = home_wait_seconds(state, seg.home) + finish_seconds(state, seg, table)
+        why = f"predicted finish {there:.0f} s vs {stay:.0f} s on {seg.home}"
+    return ShardMoved(now, seg.shard_id, node.info.name, f"moved to {node.info.name}: {why}")
+
+
+def dispatch(state: FarmState, now: float) -> list[Action]:
     """One ready segment per idle node, in queue order. A job that blocklisted some nodes (too many
     failures there) is placed with those nodes looking busy; groups go in the queue order of their
-    first segment."""
+    first segment. A node whose owner's model lists refuse a segment's model looks busy to it too.
+    A segment that runs away from its home moves its shard there (`ShardMoved`, recorded first)."""
     ready = ready_segments(state, queue_order(state))
     groups: dict[frozenset[str], list[ReadySegment]] = {}
     for seg in ready:
-        groups.setdefault(state.jobs[seg.job_id].blocked(state.settings.blocklist_after), []).append(seg)
+        refusing = frozenset(n.info.name for n in state.nodes.values() if (n.allow_models or n.deny_models)
+                             and not model_lists.allows_job(seg.model, state.jobs[seg.job_id].adapters,
+                                                                  n.allow_models, n.deny_models))
+        groups.setdefault(state.jobs[seg.job_id].blocked(state.settings.blocklist_after) | refusing, []).append(seg)
+    missing = {n.info.name: frozenset(m for m in state.synced if m not in n.stored) for n in state.nodes.values()}
     taken: set[str] = set()
     out: list[Action] = []
+
+    def finish(seg: ReadySegment, node: NodeState) -> float:
+        return finish_seconds(state, seg, node)
+
     for blocked, segs in groups.items():
-        for a in planner.plan_tick(segs, node_table(state, taken | blocked)):
+        table = node_table(state, taken | blocked)
+        by_seg = {(s.shard_id, s.index): s for s in segs}
+        by_node = {n.info.name: n for n in table}
+        for a in planner.plan_tick(segs, table, missing, finish):
+            seg = by_seg[(a.shard_id, a.index)]
+            if a.node != seg.home:
+                out.append(Record(moved(state, seg, by_node[a.node], now)))
             out.append(start(state, a.node, a.shard_id, a.memory_mode))
             taken.add(a.node)
     return out

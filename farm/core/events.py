@@ -31,6 +31,14 @@ class JobCancelled:
 
 
 @dataclass(frozen=True)
+class JobForgotten:
+    """An ended job removed from the queue (`farm jobs rm`): its output files stay where they are."""
+
+    at: float
+    job_id: str
+
+
+@dataclass(frozen=True)
 class JobPaused:
     at: float
     job_id: str
@@ -80,6 +88,17 @@ class ShardsPlanned:
     plans: tuple[tuple[str, tuple[str, ...], tuple[Shard, ...]], ...]
 
 
+@dataclass(frozen=True)
+class ShardMoved:
+    """The planner moved a shard's remaining segments to another node at a segment boundary (its
+    checkpoint goes there): `node` is its new home; `reason` gives the predicted finishes."""
+
+    at: float
+    shard_id: str
+    node: str
+    reason: str
+
+
 # ----- nodes ----------------------------------------------------------------------------------
 
 
@@ -89,6 +108,30 @@ class NodeJoined:
 
     at: float
     info: NodeInfo
+
+
+@dataclass(frozen=True)
+class NodeModels:
+    """What a node holds on disk of the models the head serves (as its PC reported), the owner's model
+    lists, and the link speed its last transfer measured."""
+
+    at: float
+    node: str
+    stored: frozenset[str]
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    link_bytes_per_s: float
+
+
+@dataclass(frozen=True)
+class ModelServed:
+    """A model only the head holds (`size` bytes of files): nodes without it fetch it before they run
+    it; `holders` already have it (the head's own nodes)."""
+
+    at: float
+    model: str
+    size: int
+    holders: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -135,10 +178,13 @@ class NodeProbed:
 
 @dataclass(frozen=True)
 class NodeReady:
-    """The node's worker answered a probe: it takes work (an offline node is back)."""
+    """The node's worker answered a probe: it takes work (an offline node is back). `calibration`, when
+    its worker measured one, is its seconds per reference-second on a few denoising steps (the seed
+    of its learned speed, `SpeedBook.calibrate`); 0: none measured."""
 
     at: float
     node: str
+    calibration: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -238,9 +284,11 @@ class TimePassed:
 
 
 Event = (
-    JobSubmitted | JobCancelled | JobPaused | JobResumed | JobRetried | JobReprioritised | JobMoved | JobFailed
-    | ShardsPlanned | NodeJoined | NodeLeft | NodePaused | NodeDrained | NodeResumed | NodeRemoved | NodeInterrupted
-    | NodeProbed | NodeReady
+    JobSubmitted | JobCancelled | JobForgotten | JobPaused | JobResumed | JobRetried | JobReprioritised | JobMoved
+    | JobFailed
+    | ShardsPlanned | ShardMoved
+    | NodeJoined | NodeLeft | NodePaused | NodeDrained | NodeResumed | NodeRemoved | NodeInterrupted
+    | NodeProbed | NodeReady | NodeModels | ModelServed
     | SegmentStarted | SegmentProgressed | SegmentFinished | SegmentFailed | SegmentLost | OutputsWritten
     | OutputsFailed
     | TimePassed

@@ -10,22 +10,25 @@ Two decisions, both pure functions of plain tables so they are tested without Ra
   one runs a sample as fast: video), and each shard into segments of about `segment_seconds` on it
   (at least two).
 * `plan_tick` (every tick): each idle node takes one ready segment; `ready` comes in queue order
-  (`farm.core.order`). A node's own shards go first (batch and segment length were sized for it), unless
-  a free node at least MIGRATE_GAIN times faster is idle; any other waiting segment then goes to an
-  idle node it fits in some memory mode, preferring one that already holds its model, then the
-  fastest. So no node idles while a segment that fits it waits.
+  (`farm.core.order`). A node's own shards go first (batch and segment length were sized for it; one
+  LONG_FIRST times longer than the queue's choice before it, so long videos do not start last), unless
+  an idle node with nothing of its own is predicted to finish the shard's remaining steps MOVE_GAIN
+  sooner, hand-off and model load included (a migration at a segment boundary: the shard with the most
+  time left picks first, so a fast card that frees up takes over the longest samples of slow ones);
+  any other waiting segment then goes to an idle node it fits in some memory mode, preferring one that
+  already holds its model, then the fastest. So no node idles while a segment that fits it waits.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from farm.contracts.domain import Assignment, NodeInfo, NodeState, ReadySegment, Shard
 from farm.contracts.ids import shard_id
-from farm.core import costmodel
+from farm.core import costmodel, model_lists
 from farm.core.costmodel import Fit, Shape
 from farm.core.speed import SpeedBook, load_seconds, reference_decode_seconds
 
@@ -36,8 +39,17 @@ SEGMENT_SECONDS = 30.0
 DEFAULT_SEGMENT_STEPS: int | None = None
 # A larger batch is chosen only while it runs a sample at least this much faster.
 BATCH_GAIN = 0.01
-# A free node this many times faster than a segment's home runs it instead of the home.
-MIGRATE_GAIN = 1.5
+# A shard moves off its home only when another node is predicted to finish it this fraction of the
+# home's time sooner: predictions err, and a move that merely breaks even costs a hand-off and a load.
+MOVE_GAIN = 0.15
+# Among a node's own segments of its top priority, a shard predicted to take this many times longer
+# than the queue's choice starts first (longest first: a long video started last sets the makespan,
+# while shards of comparable length keep the queue's order).
+LONG_FIRST = 3.0
+
+# Predicted seconds from now until a ready segment's shard is done (every remaining step and the
+# decode) on a node, the checkpoint hand-off and a model load there included (`decide.finish_seconds`).
+Finish = Callable[[ReadySegment, NodeState], float]
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,10 @@ class PlanContext:
     backlog       seconds of home work each node already has queued ahead of this job
     loaded        models each node holds in memory (a node without the model pays a load)
     peak_factors  per-node corrections of the cost model (`costmodel.peak_correction`)
+    synced        models only the head holds -> their bytes (a node without one fetches it first)
+    stored        those of them each node holds on disk
+    links         bytes per second each node's last transfer measured
+    lists         each node's owner's (allow, deny) model patterns (`farm.core.model_lists`)
     """
 
     speeds: SpeedBook = field(default_factory=SpeedBook)
@@ -55,6 +71,21 @@ class PlanContext:
     backlog: Mapping[str, float] = field(default_factory=dict)
     loaded: Mapping[str, frozenset[str]] = field(default_factory=dict)
     peak_factors: Mapping[str, float] = field(default_factory=dict)
+    synced: Mapping[str, int] = field(default_factory=dict)
+    stored: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    links: Mapping[str, float] = field(default_factory=dict)
+    lists: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+
+    def allows(self, node: str, model: str, adapters: tuple[str, ...] = ()) -> bool:
+        """Whether the node's owner lets it hold `model` and the job's LoRA adapters."""
+        allow, deny = self.lists.get(node, ((), ()))
+        return model_lists.allows_job(model, adapters, allow, deny)
+
+    def fetch_seconds(self, node: str, model: str) -> float:
+        """Seconds the node needs to fetch `model` from the head first (0 when it holds it or every PC does)."""
+        if model not in self.synced or model in self.stored.get(node, frozenset()):
+            return 0.0
+        return model_lists.transfer_seconds(self.synced[model], self.links.get(node, 0.0))
 
 
 @dataclass(frozen=True)
@@ -69,8 +100,7 @@ class Demand:
     samples: tuple[int, ...]
     priority: int = 0
     first_shard: int = 0
-
-
+    adapters: tuple[str, ...] = ()  # the job's LoRA adapters' names (an owner may deny them)
 
 
 def segment_bounds(steps: int, max_steps: int | None = None) -> tuple[tuple[int, int], ...]:
@@ -122,6 +152,8 @@ def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) ->
     another card can take. Raises DoesNotFit (admission) when no node holds a sample."""
     out = []
     for node in nodes:
+        if not context.allows(node.name, demand.model, demand.adapters):
+            continue  # its owner's list refuses the model
         correction = context.peak_factors.get(node.name, 1.0)
         fits = costmodel.fits(demand.shape, node.vram_gib, len(demand.samples), correction)
         if not fits:
@@ -138,9 +170,11 @@ def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) ->
 def split_samples(demand: Demand, options: Sequence[_Option], context: PlanContext) -> list[int]:
     """How many samples each node gets: each sample goes where it would finish first.
 
-    A node's clock starts at its backlog, plus the model load where it does not hold the model; each
-    sample adds its steps and decode at the node's learned (or declared) speed and its batch. With no
-    backlog and no loads this is a share proportional to speed, to within one sample.
+    A node's clock starts at its backlog, plus the model load where it does not hold the model and the
+    transfer where its disk lacks a model only the head holds (so a transfer is weighed against waiting
+    behind the work of the nodes that have it); each sample adds its steps and decode at the node's
+    learned (or declared) speed and its batch. With no backlog and no loads this is a share proportional
+    to speed, to within one sample.
     """
     heap = []
     per_sample = []
@@ -149,6 +183,7 @@ def split_samples(demand: Demand, options: Sequence[_Option], context: PlanConte
         start = context.backlog.get(opt.node.name, 0.0)
         if demand.model not in context.loaded.get(opt.node.name, frozenset()):
             start += load_seconds(demand.shape)
+        start += context.fetch_seconds(opt.node.name, demand.model)
         per_sample.append(seconds)
         heap.append((start + seconds, -opt.node.speed, i))
     heapq.heapify(heap)
@@ -211,16 +246,18 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
                    key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], -longest[demands[i][0]], i))
     backlog = {n.name: context.backlog.get(n.name, 0.0) for n in nodes}
     loaded = {n.name: context.loaded.get(n.name, frozenset()) for n in nodes}
+    stored = {n.name: context.stored.get(n.name, frozenset()) for n in nodes}
     by_name = {n.name: n for n in nodes}
     out: dict[str, list[Shard]] = {}
     for i in order:
         job_id, demand = demands[i]
-        step = replace(context, backlog=backlog, loaded=loaded)
+        step = replace(context, backlog=backlog, loaded=loaded, stored=stored)
         counts = split_samples(demand, options[job_id], step)
         out[job_id] = _shards(job_id, demand, options[job_id], counts, max_segment_steps, step)
         for shard in out[job_id]:
             backlog[shard.home] += shard_seconds(shard, demand.shape, 0, by_name[shard.home], context.speeds)
             loaded[shard.home] = loaded[shard.home] | {demand.model}
+            stored[shard.home] = stored[shard.home] | {demand.model}
     return out
 
 
@@ -261,16 +298,22 @@ def _mode_on(seg: ReadySegment, node: NodeState) -> str | None:
     return mode_fitting(seg.needs or (("", seg.need_gib),), node.info.vram_gib, node.peak_factor)
 
 
-def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list[Assignment]:
+def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
+              missing: Mapping[str, frozenset[str]] | None = None, finish: Finish | None = None) -> list[Assignment]:
     """One decision per idle node; `ready` is in queue order (earlier first).
 
     Home segments go first, so a node's own next segment is never taken by a neighbour that was
-    merely quicker to ask, only by an idle one with nothing of its own that is MIGRATE_GAIN times
-    faster (within the top priority of its own segments, one of a model it holds comes first: a
-    model load costs more than the order of two jobs' segments on one card). Then each
+    merely quicker to ask (within the top priority of its own segments, one of a model it holds comes
+    first: a model load costs more than the order of two jobs' segments on one card). With `finish`
+    (predicted seconds to finish a shard on a node) a shard LONG_FIRST times longer than that choice
+    goes first instead, and the chosen shard may move to an idle node with nothing of its own that
+    finishes it MOVE_GAIN sooner, the shards with the most time left at home choosing first. Without
+    it a shard stays home and the queue's order holds. Then each
     waiting segment, in queue order, goes to an idle node it fits in some memory mode, one that holds
-    its model first, then the fastest. So no node idles while a segment that fits it waits.
+    its model first, then one whose disk has it (`missing`: the models each node would fetch from the
+    head first), then the fastest. So no node idles while a segment that fits it waits.
     """
+    lacks = missing or {}
     idle = {n.info.name: n for n in nodes if n.online and not n.busy}
     taken: set[tuple[str, int]] = set()
     out: list[Assignment] = []
@@ -285,16 +328,22 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list
         if seg.home in idle and (mode := _mode_on(seg, idle[seg.home])) is not None:
             own.setdefault(seg.home, []).append((seg, mode))
     free = [n for n in idle.values() if n.info.name not in own]
+    picks = []
     for name, segs in own.items():
         top = [(s, m) for s, m in segs if s.priority == segs[0][0].priority]
         seg, mode = next(((s, m) for s, m in top if s.model in idle[name].loaded), segs[0])
-        # A card with nothing of its own to do that is much faster takes the segment over (its shard
-        # moves through the checkpoint): the last segments of a queue then run on the fastest cards.
-        faster = [(n, m) for n in free if n.info.name in idle and n.info.speed >= MIGRATE_GAIN * idle[name].info.speed
-                  and (m := _mode_on(seg, n)) is not None]
-        if faster:
-            node, mode = max(faster, key=lambda nm: nm[0].info.speed)
-            name = node.info.name
+        if finish is not None:
+            longest = max(top, key=lambda sm: (sm[0].model in idle[name].loaded, finish(sm[0], idle[name])))
+            if finish(longest[0], idle[name]) >= LONG_FIRST * finish(seg, idle[name]):
+                seg, mode = longest
+        picks.append((finish(seg, idle[name]) if finish else 0.0, name, seg, mode))
+    for stay, name, seg, mode in sorted(picks, key=lambda p: -p[0]):
+        if finish is not None:
+            moves = [(finish(seg, n), n.info.name, m) for n in free
+                     if n.info.name in idle and (m := _mode_on(seg, n)) is not None]
+            sooner = min(moves, default=None)
+            if sooner is not None and sooner[0] < stay * (1 - MOVE_GAIN):
+                _, name, mode = sooner
         assign(name, seg, mode)
     for seg in ready:
         if not idle:
@@ -304,6 +353,7 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState]) -> list
         modes = {name: m for name, n in idle.items() if (m := _mode_on(seg, n)) is not None}
         if modes:
             best = min((idle[name] for name in modes),
-                       key=lambda n: (seg.model not in n.loaded, -n.info.speed, n.info.name))
+                       key=lambda n: (seg.model not in n.loaded, seg.model in lacks.get(n.info.name, ()),
+                                      -n.info.speed, n.info.name))
             assign(best.info.name, seg, modes[best.info.name])
     return out

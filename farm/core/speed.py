@@ -14,16 +14,20 @@ import math
 from dataclasses import dataclass, field
 
 from farm.contracts.domain import NodeInfo
-from farm.core.costmodel import Role, Shape
+from farm.core.costmodel import MemoryMode, Role, Shape
 
 # An H100 relative to the reference card (speed 1.0, an 8 GB RTX 3060 Ti class card): about 7 times
 # its dense fp16 tensor throughput. Only the prior depends on it; learned factors replace it.
 H100_SPEED = 7.0
+# The family key under which a node's join calibration is kept (a proxy for every family).
+CALIBRATED = "*calibrated"
 # Weight of the newest observation in the running average of a node's factor.
 LEARNING_RATE = 0.3
 # Reading a model's weights into GPU memory (page cache or NVMe, then PCIe) and building the pipeline.
 LOAD_GIB_PER_S = 2.0
 LOAD_FIXED_S = 3.0
+# Encoded prompts a checkpoint carries per sample (a long T5/LLM prompt embedding in bf16).
+PROMPT_BYTES = 4 * 2**20
 # Moving a component between CPU and GPU memory under model CPU offload (pinned-less PCIe 4.0).
 OFFLOAD_GIB_PER_S = 12.0
 
@@ -77,6 +81,32 @@ def streamed_step_seconds(shape: Shape) -> float:
     return sum(c.weights_gib for c in shape.profile.role(Role.DENOISER)) / OFFLOAD_GIB_PER_S
 
 
+def checkpoint_bytes(shape: Shape, batch: int) -> int:
+    """About how many bytes a shard's checkpoint moves between nodes: float32 latents (16 channels at
+    an eighth of the resolution, the video families' layout; image families have fewer) and the
+    encoded prompts (up to a few MB for a video family's text encoder), per sample."""
+    latents = 16 * (shape.width // 8) * (shape.height // 8) * shape.profile.latent_frames(shape.frames) * 4
+    return batch * (latents + PROMPT_BYTES)
+
+
+def last_segment_modes(shape: Shape, batch: int, steps: int,
+                       needs: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+    """`needs` (mode, peak GiB), cheapest in time first, for a shard's last segment of `steps` steps:
+    that segment decodes, and a tiled decode of a video can cost more than moving the weights of a
+    model offload (the denoising segments before it keep `MODES` order, where tiling costs nothing).
+    Timed on the reference card; the order, not the seconds, is what counts."""
+
+    def seconds(mode_need: tuple[str, float]) -> float:
+        mode = MemoryMode(mode_need[0])
+        denoise = reference_step_seconds(shape, batch) + (streamed_step_seconds(shape) if mode.streamed else 0.0)
+        moved = 0.0
+        if mode.offload and not mode.streamed:
+            moved = sum(c.weights_gib for c in shape.profile.components if c.role is not Role.TEXT) / OFFLOAD_GIB_PER_S
+        return steps * denoise + reference_decode_seconds(shape, batch, mode.tiled) + moved
+
+    return tuple(sorted(needs, key=seconds))
+
+
 def load_seconds(shape: Shape) -> float:
     """Seconds to load a model onto a node that does not hold it (disk speed, not GPU speed)."""
     return LOAD_FIXED_S + shape.profile.weights_gib / LOAD_GIB_PER_S
@@ -89,8 +119,18 @@ class SpeedBook:
     factors: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def factor(self, node: NodeInfo, family: str) -> float:
-        """Node seconds per reference-second: learned, or 1 / the node's declared speed."""
-        return self.factors.get((node.name, family), 1.0 / node.speed)
+        """Node seconds per reference-second: learned for the family, else the node's calibration, else
+        1 / its declared speed (an owner's guess, often off by a quarter or more)."""
+        return self.factors.get((node.name, family), self.factors.get((node.name, CALIBRATED), 1.0 / node.speed))
+
+    def calibrate(self, node: str, factor: float) -> SpeedBook:
+        """Seed the node's speed from a calibration it measured when it joined (seconds per
+        reference-second over a few steps): every family not learned yet is timed by it, until the
+        node's first segment of that family measures the family itself (`observe`). Ignored unless a
+        positive finite number."""
+        if not factor > 0 or not math.isfinite(factor):
+            return self
+        return SpeedBook({**self.factors, (node, CALIBRATED): factor})
 
     def relative_speed(self, node: NodeInfo, family: str) -> float:
         return 1.0 / self.factor(node, family)
@@ -112,7 +152,7 @@ class SpeedBook:
             return self
         measured = seconds / (reference_step_seconds(shape, batch) * steps)
         key = (node, shape.family)
-        old = self.factors.get(key)
+        old = self.factors.get(key)  # the first segment of a family replaces the calibration proxy
         new = measured if old is None else math.exp(
             (1 - LEARNING_RATE) * math.log(old) + LEARNING_RATE * math.log(measured))
         return SpeedBook({**self.factors, key: new})

@@ -34,6 +34,7 @@ class Settings:
     blocklist_after: int = 3  # failures of one job on one node before that node gets none of it
     max_segment_steps: int | None = None  # cap on steps per segment; None: about `segment_seconds`
     segment_seconds: float = 30.0
+    max_unfinished_per_user: int | None = 100  # a user's queued, running and paused jobs (None: no cap)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class JobState:
         return frozenset(n for n, count in self.node_failures.items() if count >= after)
 
     @property
+    def adapters(self) -> tuple[str, ...]:
+        """The names of the job's LoRA adapters (an owner's deny list may refuse them)."""
+        return tuple(lora.name for lora in self.spec.loras)
+
+    @property
     def samples_total(self) -> int:
         return len(self.spec.prompts) * len(self.spec.seeds)
 
@@ -109,6 +115,12 @@ class NodeRecord:
     ready: bool = False  # its worker answered a health probe since it (re)joined
     probed_at: float | None = None  # when the last probe went out (None: none since it joined)
     probing: bool = False  # a probe is out, not answered yet
+    # Models on its disk that only the head serves (as its PC reported them), the owner's model lists
+    # (fnmatch patterns, `farm.core.model_lists`) and the bytes per second its last transfer measured.
+    stored: frozenset[str] = frozenset()
+    allow_models: tuple[str, ...] = ()
+    deny_models: tuple[str, ...] = ()
+    link_bytes_per_s: float = 0.0
 
     @property
     def status(self) -> NodeStatus:
@@ -148,17 +160,21 @@ class FarmState:
     nodes: Map[str, NodeRecord] = field(default_factory=Map)
     speeds: SpeedBook = field(default_factory=SpeedBook)
     usage: Map[str, float] = field(default_factory=Map)  # GPU-seconds each owner used (fair share)
+    synced: Map[str, int] = field(default_factory=Map)  # models only the head holds -> their bytes
     seq: int = 0  # the last job's seq
     replan: bool = False  # unstarted work should be placed again (a job came, a node ran dry)
     now: float = 0.0  # the time of the latest event
     settings: Settings = field(default_factory=Settings)
 
     def blobs(self) -> frozenset[str]:
-        """Every checkpoint and result blob some shard still needs: anything else may be deleted."""
+        """Every checkpoint and result blob some shard still needs, and every unfinished job's init
+        image (a retried first segment encodes it again): anything else may be deleted."""
         out = set()
         for job in self.jobs.values():
             if job.status in FINAL:
                 continue
+            if job.spec.init_image:
+                out.add(job.spec.init_image)
             for s in job.shards.values():
                 out.update(b for b in (s.checkpoint, s.result) if b is not None)
         return frozenset(out)

@@ -37,7 +37,7 @@ def shares(state: FarmState, job: JobState) -> tuple[NodeShare, ...]:
 
 
 def job_view(state: FarmState, job: JobState, position: int = 0) -> JobView:
-    total = job.samples_total * job.spec.steps
+    total = job.samples_total * job.spec.run_steps
     done = sum(s.steps_done for s in job.shards.values())
     eta = None
     if job.started_at is not None and done and job.status == JobStatus.RUNNING:
@@ -55,10 +55,17 @@ def job_view(state: FarmState, job: JobState, position: int = 0) -> JobView:
     )
 
 
-def job_views(state: FarmState) -> list[JobView]:
-    """Every job in queue order of submission (`seq`: a move changes it)."""
+def job_views(state: FarmState, after: str = "", limit: int | None = None) -> list[JobView]:
+    """Every job in queue order of submission (`seq`: a move changes it); or one page of them: the
+    first `limit` jobs whose ids sort after `after`, in id order (ids are time-ordered, so a page does
+    not shift when jobs come, move or go while a client pages through)."""
     at = positions(state)
-    return [job_view(state, j, at.get(j.id, 0)) for j in sorted(state.jobs.values(), key=lambda j: j.seq)]
+    if not after and limit is None:
+        jobs = sorted(state.jobs.values(), key=lambda j: j.seq)
+    else:
+        ids = sorted(j for j in state.jobs if j > after)
+        jobs = [state.jobs[j] for j in (ids if limit is None else ids[:limit])]
+    return [job_view(state, j, at.get(j.id, 0)) for j in jobs]
 
 
 def node_view(state: FarmState, node: NodeRecord) -> NodeView:
@@ -69,7 +76,8 @@ def node_view(state: FarmState, node: NodeRecord) -> NodeView:
         end = s.shard.bounds[s.next_index][1]
         segment, step, total = f"{s.shard.id}#{s.next_index} steps {s.step}-{end}", s.progress, end
     return NodeView(node.info, node.status, segment, step, total, loaded=tuple(sorted(node.loaded)),
-                    pause_reason=node.reason)
+                    pause_reason=node.reason, stored=tuple(sorted(node.stored)), allow_models=node.allow_models,
+                    deny_models=node.deny_models)
 
 
 def node_views(state: FarmState) -> list[NodeView]:
@@ -100,6 +108,8 @@ def _line(before: FarmState, after: FarmState, e: ev.Event) -> Line | None:
             job = after.jobs[e.job_id]
             kind = {ev.JobResumed: "job_resumed", ev.JobRetried: "job_retried"}.get(type(e), f"job_{job.status}")
             return kind, e.job_id, "", job.error if job.status == JobStatus.FAILED else ""
+        case ev.JobForgotten():
+            return "job_removed", e.job_id, "", "its outputs stay on the head"
         case ev.JobReprioritised():
             return "job_moved", e.job_id, "", f"priority {e.priority}"
         case ev.JobMoved():
@@ -122,6 +132,9 @@ def _line(before: FarmState, after: FarmState, e: ev.Event) -> Line | None:
             return "node_resumed", "", e.node, ""
         case ev.NodeRemoved():
             return "node_removed", "", e.node, ""
+        case ev.ShardMoved():
+            found = after.shard(e.shard_id)
+            return "shard_moved", found[0].id if found else "", e.node, f"{e.shard_id} {e.reason}"
         case ev.SegmentStarted():
             job_id = after.shard(e.shard_id)[0].id  # type: ignore[index]
             return "segment_started", job_id, e.node, f"{e.shard_id}#{e.index} steps {e.start}-{e.end}"

@@ -31,6 +31,11 @@ MIN_RADIUS, MAX_RADIUS = 15, 19
 MAX_SHIFT = 3
 BORDER = 4
 SUPERSAMPLE = 4
+SQUARE_SIDE = 0.9  # a square's half-side over r: the same area as the circle would look too big
+TRIANGLE_BASE = 0.8  # a triangle's base sits 0.8 r below the centre, its apex r above
+# How wide the outline of the `demo-shapes-outline` style is, in pixels (the shapes are 30-38 across;
+# the demo VAE blurs a thinner band).
+OUTLINE_WIDTH = 6.0
 # The canonical form three times in five; "a"/"an" as English wants it.
 TEMPLATES = (
     "{a_colour} {shape} on {a_background} background",
@@ -83,38 +88,61 @@ def random_scene(rng: np.random.Generator, combo: tuple[str, str, str] | None = 
     return Scene(shape, colour, background, float(cx), float(cy), float(radius))
 
 
-def coverage(scene: Scene) -> np.ndarray:
-    """The fraction of each pixel the shape covers (64x64 floats in [0, 1]), by supersampling."""
+def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Which points (offsets from the shape's centre) a filled shape of half-extent `r` covers."""
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        side = r * SQUARE_SIDE
+        return (np.abs(dx) <= side) & (np.abs(dy) <= side)
+    if shape == "triangle":
+        top, base = -r, TRIANGLE_BASE * r
+        return (dy <= base) & (np.abs(dx) <= r * (dy - top) / (base - top))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _incircle(shape: str, r: float) -> tuple[float, float]:
+    """(y offset of the centre, radius) of the shape's inscribed circle: shrinking the shape about
+    that centre by `width` over that radius moves every edge inwards by `width`."""
+    if shape == "circle":
+        return 0.0, r
+    if shape == "square":
+        return 0.0, r * SQUARE_SIDE
+    # Apex (0, -r), base corners (+-r, 0.8 r): the incentre weights each corner by its opposite side.
+    base = TRIANGLE_BASE * r
+    leg = float(np.hypot(r, base + r))
+    centre = (2 * r * -r + 2 * leg * base) / (2 * r + 2 * leg)
+    return centre, base - centre
+
+
+def coverage(scene: Scene, outline: bool = False) -> np.ndarray:
+    """The fraction of each pixel the shape covers (64x64 floats in [0, 1]), by supersampling; with
+    `outline`, only a band `OUTLINE_WIDTH` pixels wide inside its edge (the demo LoRA's style)."""
     n = SIZE * SUPERSAMPLE
     coords = (np.arange(n) + 0.5) / SUPERSAMPLE
     x, y = np.meshgrid(coords, coords)
     dx, dy, r = x - scene.cx, y - scene.cy, scene.radius
-    if scene.shape == "circle":
-        inside = dx * dx + dy * dy <= r * r
-    elif scene.shape == "square":
-        side = r * 0.9  # same area as the circle would be unfair to the eye; 0.9 looks balanced
-        inside = (np.abs(dx) <= side) & (np.abs(dy) <= side)
-    elif scene.shape == "triangle":
-        # Pointing up: apex at (0, -r), base from (-r, 0.8 r) to (r, 0.8 r).
-        top, base = -r, 0.8 * r
-        inside = (dy <= base) & (np.abs(dx) <= r * (dy - top) / (base - top))
-    else:
-        raise ValueError(f"unknown shape {scene.shape!r}")
+    inside = _inside(scene.shape, dx, dy, r)
+    if outline:
+        centre, inradius = _incircle(scene.shape, r)
+        grow = inradius / (inradius - OUTLINE_WIDTH)
+        inside &= ~_inside(scene.shape, dx * grow, centre + (dy - centre) * grow, r)
     return inside.reshape(SIZE, SUPERSAMPLE, SIZE, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def render(scene: Scene) -> np.ndarray:
-    """The scene as a 64x64x3 uint8 image."""
-    cover = coverage(scene)[..., None]
+def render(scene: Scene, outline: bool = False) -> np.ndarray:
+    """The scene as a 64x64x3 uint8 image (the shape filled, or only its outline)."""
+    cover = coverage(scene, outline)[..., None]
     fg = np.array(COLOURS[scene.colour], dtype=np.float64)
     bg = np.array(COLOURS[scene.background], dtype=np.float64)
     return np.round(cover * fg + (1 - cover) * bg).astype(np.uint8)
 
 
-def make_batch(rng: np.random.Generator, n: int, uncond_rate: float = 0.0) -> tuple[np.ndarray, list[str], list[Scene]]:
+def make_batch(rng: np.random.Generator, n: int, uncond_rate: float = 0.0,
+               outline: bool = False) -> tuple[np.ndarray, list[str], list[Scene]]:
     """`n` random images (n x 64 x 64 x 3 uint8), their prompts (some "" for guidance) and scenes."""
     scenes = [random_scene(rng) for _ in range(n)]
-    images = np.stack([render(s) for s in scenes])
+    images = np.stack([render(s, outline) for s in scenes])
     prompts = []
     for s in scenes:
         template = TEMPLATES[rng.integers(len(TEMPLATES))]

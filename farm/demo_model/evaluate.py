@@ -3,9 +3,11 @@
     python -m farm.demo_model.evaluate                  # plain diffusers pipeline calls, one process
     python -m farm.demo_model.evaluate --farm           # through the embedded farm (Ray, simulated nodes)
     python -m farm.demo_model.evaluate --model DIR      # another folder in diffusers format
+    python -m farm.demo_model.evaluate --lora demo-shapes-outline:1   # with a LoRA style (plain or --farm)
 
 Prints one line per sample (prompt, what the image shows, ok) and the share of samples whose shape
-colour and background colour are right (the shape kind is reported, not required).
+colour and background colour are right (the shape kind is reported, not required), and how many
+shapes are drawn as outlines rather than filled (the `demo-shapes-outline` LoRA's style).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from farm.demo_model.judge import Reading, parse_prompt, read_image
+from farm.jobs.loras import find_lora, parse_lora_flag
 
 # A fixed set of prompts: every shape, every colour as shape and as background, the demo's four;
 # neighbours differ in both colours, so a farm that hands one sample another's prompt gets caught.
@@ -75,21 +78,29 @@ def accuracy(verdicts: Sequence[Verdict]) -> float:
     return sum(v.ok for v in verdicts) / len(verdicts)
 
 
+def outlines(verdicts: Sequence[Verdict]) -> int:
+    """How many samples show their shape as an outline (the rest are filled, or show no shape)."""
+    return sum(v.reading.outlined for v in verdicts)
+
+
 def report(verdicts: Sequence[Verdict]) -> str:
     lines = [
         f"{'ok' if v.ok else 'WRONG':5} {v.prompt:45} seed {v.seed:<3} shows {v.reading.colour} "
-        f"{v.reading.shape} on {v.reading.background}"
+        f"{v.reading.shape}{' outline' if v.reading.outlined else ''} on {v.reading.background}"
         for v in verdicts
     ]
     n = len(verdicts)
     lines.append(f"colours right: {sum(v.ok for v in verdicts)}/{n} ({accuracy(verdicts):.0%}); "
-                 f"colours and shape right: {sum(v.shape_ok for v in verdicts)}/{n}")
+                 f"colours and shape right: {sum(v.shape_ok for v in verdicts)}/{n}; "
+                 f"outlines: {outlines(verdicts)}/{n}")
     return "\n".join(lines)
 
 
 def render_plain(model: str | Path, prompts: Sequence[str], seeds: Sequence[int], steps: int = CHECK_STEPS,
-                 sampler: str = CHECK_SAMPLER, guidance: float = CHECK_GUIDANCE) -> list[np.ndarray]:
-    """Plain diffusers pipeline calls, one per seed (all prompts batched), in the farm's sample order."""
+                 sampler: str = CHECK_SAMPLER, guidance: float = CHECK_GUIDANCE, lora: Path | None = None,
+                 lora_weight: float = 1.0) -> list[np.ndarray]:
+    """Plain diffusers pipeline calls, one per seed (all prompts batched), in the farm's sample order;
+    with `lora`, that adapter file loaded the way diffusers documents (`load_lora_weights`)."""
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -97,6 +108,9 @@ def render_plain(model: str | Path, prompts: Sequence[str], seeds: Sequence[int]
 
     pipe = StableDiffusionPipeline.from_pretrained(str(model))  # float32, as saved
     pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora), adapter_name="style")
+        pipe.set_adapters(["style"], adapter_weights=[lora_weight])
     pipe.scheduler = schedulers.make(sampler, pipe.scheduler.config)
     by_seed = {}
     for seed in seeds:
@@ -128,18 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", default=CHECK_SAMPLER)
     parser.add_argument("--guidance", type=float, default=CHECK_GUIDANCE)
     parser.add_argument("--out", type=Path, default=None, help="also save the images here")
+    parser.add_argument("--lora", default=None, metavar="NAME:WEIGHT", help="with this LoRA adapter (e.g. "
+                        "demo-shapes-outline:1)")
     args = parser.parse_args(argv)
+    lora = None
+    if args.lora:
+        lora = parse_lora_flag(args.lora)
+        if find_lora(str(lora["name"])) is None:
+            parser.error(f"no adapter {lora['name']!r} on this PC")
     seeds = list(range(args.seeds))
     prompts, sample_seeds = samples_of(CHECK_PROMPTS, seeds)
     if args.farm:
         if args.model:
             parser.error("--farm renders the catalog's demo-shapes; leave out --model")
-        images = render_farm(args.seeds, args.steps, args.sampler, args.guidance)
+        images = render_farm(args.seeds, args.steps, args.sampler, args.guidance, lora)
     else:
         from farm.pipelines.loader import builtin_folder
 
         model = args.model or builtin_folder("demo-shapes")
-        images = render_plain(model, CHECK_PROMPTS, seeds, args.steps, args.sampler, args.guidance)
+        adapter = find_lora(str(lora["name"])).path if lora else None
+        images = render_plain(model, CHECK_PROMPTS, seeds, args.steps, args.sampler, args.guidance, adapter,
+                              float(lora["weight"]) if lora else 1.0)
     verdicts = judge(prompts, sample_seeds, images)
     print(report(verdicts))
     if args.out:
@@ -151,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render_farm(seeds: int, steps: int, sampler: str, guidance: float) -> list[np.ndarray]:
+def render_farm(seeds: int, steps: int, sampler: str, guidance: float,
+                lora: dict[str, object] | None = None) -> list[np.ndarray]:
     from PIL import Image
 
     from farm.cli.embedded import render_embedded
@@ -159,7 +183,7 @@ def render_farm(seeds: int, steps: int, sampler: str, guidance: float) -> list[n
     from node.simulated import simulated_nodes
 
     job = make_job(model="demo-shapes", prompts=list(CHECK_PROMPTS), seeds=seeds, steps=steps, sampler=sampler,
-                   guidance=guidance)
+                   guidance=guidance, loras=[lora] if lora else None)
     with tempfile.TemporaryDirectory() as tmp:
         render_embedded(job, simulated_nodes(), Path(tmp))
         return [np.asarray(Image.open(p).convert("RGB")) for p in sorted_outputs(list(Path(tmp).rglob("*.png")))]

@@ -7,7 +7,9 @@ Pure numpy, so tests can check a render against its prompt:
   shape there);
 * the shape is the commonest other colour inside the border, if it covers at least `MIN_AREA` pixels;
 * its kind follows from how much of its bounding box it fills: a square fills it, a circle about
-  pi/4 of it, a triangle about half.
+  pi/4 of it, a triangle about half;
+* it is an outline (the `demo-shapes-outline` style) when the region it encloses has a hole of the
+  background's colour: at least `MIN_HOLE` of that region, after closing one-pixel gaps in its edge.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import numpy as np
 from farm.demo_model.data import BORDER, COLOURS, SHAPES
 
 MIN_AREA = 80
+# A filled shape encloses no hole (specks inside close up); a 6-pixel outline leaves at least 3% of a
+# small triangle and a third of a circle open.
+MIN_HOLE = 0.025
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _NAMES = list(COLOURS)
 _PROMPT = re.compile(
@@ -32,6 +37,7 @@ class Reading:
     shape: str | None
     colour: str | None
     background: str
+    outlined: bool = False  # drawn as an outline rather than filled
 
     def matches(self, shape: str, colour: str, background: str, check_shape: bool = False) -> bool:
         ok = self.colour == colour and self.background == background
@@ -67,6 +73,35 @@ def _shape_kind(mask: np.ndarray) -> str:
     return "triangle"
 
 
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """`mask` and its four neighbours of every pixel."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def enclosed(mask: np.ndarray) -> np.ndarray:
+    """`mask` with its holes filled: every pixel not reachable from the edge without crossing it."""
+    outside = np.zeros_like(mask)
+    outside[[0, -1], :] = outside[:, [0, -1]] = True
+    outside &= ~mask
+    while True:
+        grown = _grow(outside) & ~mask
+        if (grown == outside).all():
+            return ~outside
+        outside = grown
+
+
+def hole_fraction(mask: np.ndarray) -> float:
+    """How much of the region a shape's pixels enclose is not the shape: 0 for a filled shape."""
+    closed = _grow(mask)  # a one-pixel gap in an outline does not open its hole to the outside
+    region = enclosed(closed)
+    return float((region & ~closed).sum() / max(region.sum(), 1))
+
+
 def read_image(image: np.ndarray) -> Reading:
     """What a 64x64x3 uint8 image shows, as far as colours and rough shape go."""
     classes = classify_pixels(image)
@@ -78,4 +113,7 @@ def read_image(image: np.ndarray) -> Reading:
     if counts.max() < MIN_AREA:
         return Reading(None, None, _NAMES[background])
     colour = int(counts.argmax())
-    return Reading(_shape_kind(inner == colour), _NAMES[colour], _NAMES[background])
+    mask = inner == colour
+    if hole_fraction(mask) >= MIN_HOLE:  # an outline: its kind shows in the region it encloses
+        return Reading(_shape_kind(enclosed(_grow(mask))), _NAMES[colour], _NAMES[background], outlined=True)
+    return Reading(_shape_kind(mask), _NAMES[colour], _NAMES[background])

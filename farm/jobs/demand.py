@@ -20,7 +20,7 @@ def job_shape(job: JobSpec, model: ModelInfo | None = None) -> Shape:
 
 
 def demand_of(job: JobSpec, model: ModelInfo | None = None) -> Demand:
-    return Demand(job.model, job_shape(job, model), job.steps, tuple(s.index for s in job.samples()), job.priority)
+    return Demand(job.model, job_shape(job, model), job.run_steps, tuple(s.index for s in job.samples()), job.priority)
 
 
 def shard_job(

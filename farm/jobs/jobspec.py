@@ -2,27 +2,40 @@
 
 Each check names the field and the allowed range, because the message is all a user sees.
 `load_job_file` reads the same fields from TOML, so `farm run JOB.toml` and `farm render` agree.
+`load_job_request` is `farm submit`'s: the job goes to a head, which alone knows its models and
+adapters (the client PC may have neither), so the client checks the form of each field and the head
+checks the rest (`farm.api.convert.spec_from_proto` runs `make_job` there).
 """
 
 from __future__ import annotations
 
 import math
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm.contracts.domain import JobSpec
 from farm.contracts.errors import InvalidInput
+from farm.core import limits
+from farm.jobs import init_image as init
 from farm.jobs.catalog import get_model
+from farm.jobs.loras import check_lora_form, check_loras
+from farm.jobs.sources import LIMITS
 
 MAX_PROMPTS = 10_000
 MAX_SEEDS = 10_000
 MAX_STEPS = 1000
 MAX_SEED_VALUE = 2**63 - 1
+DEFAULT_STRENGTH = 0.75  # A1111's denoising strength
 # Video VAEs compress time by this factor and keep the first frame: a video has k * step + 1 frames.
 FRAME_STEP: dict[str, int] = {"ltxv": 8, "wan21": 4, "wan22": 4, "hunyuanvideo15": 4}
 JOB_FIELDS = {"model", "prompts", "seeds", "seed", "steps", "width", "height", "guidance", "sampler",
-              "negative_prompt", "priority", "owner", "frames"}
+              "negative_prompt", "priority", "owner", "frames", "loras", "init_image", "strength"}
+# Width and height multiples each family's diffusers pipeline requires (its `check_inputs`): the VAE's
+# spatial factor, times 2 where latents are packed in 2x2 patches (Flux) or the transformer's patch.
+SIZE_MULTIPLE: dict[str, int] = {"sd15": 8, "sdxl": 8, "sdxl_refiner": 8, "flux": 16, "ltxv": 32, "wan21": 16,
+                                 "wan22": 16, "hunyuanvideo15": 16}
 
 
 def _int(field: str, value: Any, lo: int, hi: int) -> int:
@@ -33,9 +46,11 @@ def _int(field: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def _size(field: str, value: Any, limit: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= limit or value % 8:
-        raise InvalidInput(field, f"must be a multiple of 8 from 8 to {limit} (this model's limit), got {value!r}")
+def _size(field: str, value: Any, limit: int, family: str) -> int:
+    step = SIZE_MULTIPLE.get(family, 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not step <= value <= limit or value % step:
+        raise InvalidInput(field, f"must be a multiple of {step} from {step} to {limit} (this model's limit), "
+                           f"got {value!r}")
     return value
 
 
@@ -63,8 +78,14 @@ def make_job(
     priority: Any = 0,
     owner: Any = "local",
     frames: Any = 1,
+    loras: Any = None,
+    init_image: bytes | None = None,
+    strength: Any = None,
 ) -> JobSpec:
-    """Check every field and build the job; `seeds` is how many seeds, counted up from `seed`."""
+    """Check every field and build the job; `seeds` is how many seeds, counted up from `seed`;
+    `loras` is a list of {name, weight} tables (adapters on this PC: `farm.jobs.loras`);
+    `init_image` an img2img job's image file bytes (the job keeps their hash), re-noised by `strength`
+    (default 0.75, A1111's; `farm.jobs.init_image` has the rules)."""
     if not isinstance(model, str):
         raise InvalidInput("model", f"must be a model name, got {model!r}")
     info = get_model(model)
@@ -79,8 +100,8 @@ def make_job(
     first = _int("seed", seed, 0, MAX_SEED_VALUE - n_seeds)
     # At least 2: every shard runs as at least two segments, handed over as a checkpoint.
     steps = _int("steps", info.default_steps if steps is None else steps, 2, MAX_STEPS)
-    width = _size("width", info.default_size if width is None else width, info.max_size)
-    height = _size("height", info.default_size if height is None else height, info.max_size)
+    width = _size("width", info.default_size if width is None else width, info.max_size, info.family)
+    height = _size("height", info.default_size if height is None else height, info.max_size, info.family)
     guidance = info.default_guidance if guidance is None else guidance
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise InvalidInput("guidance", f"must be a number from 0 to 50, got {guidance!r}")
@@ -95,7 +116,16 @@ def make_job(
     priority = _int("priority", priority, -100, 100)
     if not isinstance(owner, str) or not owner.strip():
         raise InvalidInput("owner", "must be a non-empty string")
-    return JobSpec(
+    adapters = check_loras(loras, model, info.family)
+    digest, strength_, start = "", 1.0, 0
+    if init_image is not None:
+        init.check_family(info.family, model)
+        digest = init.check_image(init_image)
+        strength_ = init.check_strength(DEFAULT_STRENGTH if strength is None else strength)
+        start = init.first_step(info.family, steps, strength_)
+    elif strength is not None:
+        raise InvalidInput("strength", "applies only with an init image (init_image)")
+    spec = JobSpec(
         model=model,
         prompts=tuple(prompts),
         seeds=tuple(range(first, first + n_seeds)),
@@ -108,11 +138,104 @@ def make_job(
         priority=priority,
         owner=owner,
         frames=frames,
+        loras=adapters,
+        init_image=digest,
+        strength=strength_,
+        first_step=start,
     )
+    limits.check_job(spec)  # samples, prompt bytes, pixel-frames
+    return spec
 
 
 def load_job_file(path: Path) -> JobSpec:
     """Read a TOML job file; unknown keys are refused so a typo is not silently ignored."""
+    return load_job(path)[0]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A job file as `farm submit` sends it to a head: each field checked for form; None (absent) takes
+    the model's default on the head, which checks the model, its limits and the adapters."""
+
+    model: str
+    prompts: tuple[str, ...]
+    seeds: int | None = None
+    seed: int | None = None
+    steps: int | None = None
+    width: int | None = None
+    height: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    negative_prompt: str = ""
+    priority: int = 0
+    owner: str | None = None
+    frames: int | None = None
+    loras: tuple[tuple[str, float], ...] = ()  # (name, weight)
+
+
+# The largest side and frame count any family takes: the head checks the model's own limits.
+MAX_SIDE = max(limit.max_size for limit in LIMITS.values())
+MAX_FRAMES = max(limit.max_frames for limit in LIMITS.values())
+
+
+def _side(field: str, value: Any) -> int:
+    """A width or height any family could take: a multiple of 8 (the head checks its model's multiple)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= MAX_SIDE or value % 8:
+        raise InvalidInput(field, f"must be a multiple of 8 from 8 to {MAX_SIDE}, got {value!r}")
+    return value
+
+
+def check_request(data: dict[str, Any]) -> JobRequest:
+    """A job file's fields checked for form only (types, and the ranges that hold for every model)."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidInput("model", f"must be a model name (a built-in name, a diffusers folder or a Hugging Face "
+                                    f"id on the head), got {model!r:.80}")
+    if "init_image" in data or "strength" in data:
+        raise InvalidInput("init_image", "farm submit sends no init image yet: render img2img jobs with "
+                                         "`farm render --init-image` or `farm run` on the head's PC")
+    prompts = data.get("prompts")
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not 1 <= len(prompts) <= MAX_PROMPTS:
+        raise InvalidInput("prompts", f"must be a list of 1 to {MAX_PROMPTS} non-empty prompts")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise InvalidInput(f"prompts[{i}]", "must be a non-empty string")
+
+    def given(name: str, check: Any) -> Any:
+        return check(data[name]) if name in data else None
+
+    seeds = given("seeds", lambda v: _int("seeds", v, 1, MAX_SEEDS))
+    seed = given("seed", lambda v: _int("seed", v, 0, MAX_SEED_VALUE - (seeds or 1)))
+    steps = given("steps", lambda v: _int("steps", v, 2, MAX_STEPS))
+    width = given("width", lambda v: _side("width", v))
+    height = given("height", lambda v: _side("height", v))
+    guidance = data.get("guidance")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not math.isfinite(guidance) or not 0 <= guidance <= 50):
+        raise InvalidInput("guidance", f"must be a number from 0 to 50, got {guidance!r}")
+    sampler = data.get("sampler")
+    if sampler is not None and (not isinstance(sampler, str) or not sampler):
+        raise InvalidInput("sampler", f"must be a sampler's name, got {sampler!r:.80}")
+    negative = data.get("negative_prompt", "")
+    if not isinstance(negative, str):
+        raise InvalidInput("negative_prompt", "must be a string")
+    owner = data.get("owner")
+    if owner is not None and (not isinstance(owner, str) or not owner.strip()):
+        raise InvalidInput("owner", "must be a non-empty string")
+    return JobRequest(model=model, prompts=tuple(prompts), seeds=seeds, seed=seed, steps=steps, width=width,
+                      height=height, guidance=None if guidance is None else float(guidance), sampler=sampler,
+                      negative_prompt=negative, priority=_int("priority", data.get("priority", 0), -100, 100),
+                      owner=owner, frames=given("frames", lambda v: _int("frames", v, 1, MAX_FRAMES)),
+                      loras=check_lora_form(data.get("loras")))
+
+
+def load_job_request(path: Path) -> JobRequest:
+    """A TOML job file checked for form only, for `farm submit` (see `check_request`)."""
+    return check_request(_read_job_file(path))
+
+
+def _read_job_file(path: Path) -> dict[str, Any]:
+    """A TOML job file's table; unknown keys and a missing `prompts` are refused."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -126,4 +249,15 @@ def load_job_file(path: Path) -> JobSpec:
         raise InvalidInput(unknown[0], f"unknown field; allowed fields: {', '.join(sorted(JOB_FIELDS))}")
     if "prompts" not in data:
         raise InvalidInput("prompts", "is required: a list of 1 to 10000 prompts")
-    return make_job(**data)
+    return data
+
+
+def load_job(path: Path) -> tuple[JobSpec, bytes | None]:
+    """A TOML job file's job and its init image's bytes (None without one): `init_image` is a path,
+    relative to the job file's folder."""
+    data = _read_job_file(path)
+    image = None
+    if "init_image" in data:
+        given = data.pop("init_image")
+        image = init.read_image(path.parent / given if isinstance(given, str) else given)
+    return make_job(**data, init_image=image), image

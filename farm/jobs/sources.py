@@ -12,6 +12,7 @@ Wan 2.1 14B is not planned as the 1.3B, nor an LTX-Video 13B as the 2B. Loading 
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass, replace
@@ -91,6 +92,11 @@ class WeightSize:
 
     params: int
     file_bytes: int
+
+
+def farm_home() -> Path:
+    """Per-user state on this PC: built-in model folders and adapters live here (override with FARM_HOME)."""
+    return Path(os.environ.get("FARM_HOME") or Path.home() / ".cache" / "farm")
 
 
 def read_header(path: Path) -> dict[str, dict]:
@@ -184,12 +190,50 @@ def sized_profile(name: str, family: str, profile: str, folder: Path) -> ModelPr
     return sized(base, f"{profile}:{name}", tuple(components.values()), max(compute, default=1.0))
 
 
+# The libraries a model folder's components may come from. diffusers imports the module a
+# model_index.json names for each component, so a folder naming any other module would make the farm
+# import (run) it: such a folder is refused before anything loads it.
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
+# A Hugging Face id: owner/name of letters, digits, '-', '_' and '.', not starting with '.' or '-'.
+HF_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def check_index(name: str, index: object) -> dict:
+    """`index` (a folder's model_index.json) if every component it names is a class of an allowed
+    library; else InvalidInput naming `model`. Called before any `from_pretrained` reads the folder."""
+    if not isinstance(index, dict):
+        raise InvalidInput("model", f"{name}: model_index.json is not a JSON object")
+    for key, spec in index.items():
+        if key.startswith("_") or not isinstance(spec, list):
+            continue
+        if spec == [None, None]:
+            continue  # a component the folder leaves out
+        if (len(spec) != 2 or spec[0] not in COMPONENT_LIBRARIES or not isinstance(spec[1], str)
+                or not IDENTIFIER.fullmatch(spec[1])):
+            raise InvalidInput("model", f"{name}: component {key!r} is {str(spec)[:80]}; allowed: a class of "
+                               f"{' or '.join(COMPONENT_LIBRARIES)}")
+    if not isinstance(index.get("_class_name"), str):
+        raise InvalidInput("model", f"{name}: model_index.json names no pipeline class; "
+                           f"allowed: {', '.join(PIPELINES)}")
+    return index
+
+
+def read_index(name: str, folder: Path) -> dict:
+    """A model folder's model_index.json, checked by `check_index`."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InvalidInput("model", f"{name}: model_index.json cannot be read ({type(e).__name__})") from None
+    return check_index(name, index)
+
+
 def locate(name: str) -> Path | None:
     """The folder of `name`: a local diffusers folder, or the cached snapshot of a Hugging Face id."""
     folder = Path(name).expanduser()
     if (folder / "model_index.json").is_file():
         return folder.resolve()
-    if name.count("/") != 1 or folder.exists():
+    if not HF_ID.fullmatch(name) or ".." in name or folder.exists():
         return None
     from huggingface_hub import try_to_load_from_cache  # reads the local cache only, never the network
 
@@ -203,8 +247,8 @@ def external_model(name: str) -> ModelInfo | None:
     folder = locate(name)
     if folder is None:
         return None
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    cls = index.get("_class_name", "")
+    index = read_index(name, folder)
+    cls = index["_class_name"]
     if cls not in PIPELINES:
         raise InvalidInput("model", f"{name}: pipeline {cls!r} is not supported; supported: {', '.join(PIPELINES)}")
     family, profile = PIPELINES[cls]

@@ -25,15 +25,22 @@ from diffusers import DiffusionPipeline
 
 from farm.contracts.domain import JobSpec, Sample
 from farm.contracts.errors import CheckpointError
-from farm.pipelines import memory, precision, schedulers
+from farm.jobs.sources import check_index
+from farm.pipelines import conditioning, memory, precision, schedulers
+from farm.pipelines.adapters import StageAdapters
 from farm.pipelines.families import Family
 from farm.pipelines.families.base import Live
 from farm.pipelines.loader import variant_for
 from farm.pipelines.quiet import quiet_libraries
 from farm.pipelines.tensors import from_raw, to_raw
-from farm.wire.checkpoint import Checkpoint
+from farm.wire.checkpoint import Checkpoint, RawTensor
 
 OPTIONAL = {"safety_checker", "feature_extractor", "image_encoder"}
+# A conditioning entry saying the latents were channels-last. The UNet's float sums follow the
+# latents' memory layout, and img2img latents keep the layout of the VAE-encoded image (channels-last
+# where diffusers' image processor hands the VAE an NHWC view), while a checkpoint's bytes are always
+# contiguous: a resumed shard restores the layout, so its run stays the uncut run bit for bit.
+CHANNELS_LAST = "_farm_latents_channels_last"
 
 
 def component_configs(folder: Path) -> dict[str, dict]:
@@ -53,6 +60,15 @@ def scheduler_config(folder: Path, index: dict) -> dict:
     return getattr(importlib.import_module(library), name).from_pretrained(str(folder), subfolder="scheduler").config
 
 
+def _channels_last(value: object) -> object:
+    """4-D tensors (alone or in lists) channels-last; everything else as it is."""
+    if isinstance(value, torch.Tensor) and value.ndim == 4:
+        return value.to(memory_format=torch.channels_last)
+    if isinstance(value, list):
+        return [_channels_last(v) for v in value]
+    return value
+
+
 class Engine:
     """Runs one model's stages on one device, loading each stage's components on first use.
 
@@ -62,7 +78,7 @@ class Engine:
 
     def __init__(self, family: Family, folder: Path, model_name: str, device: torch.device,
                  dtype: torch.dtype | None = None, memory_mode: str = "full",
-                 preloaded: Mapping[str, torch.nn.Module] | None = None) -> None:
+                 preloaded: Mapping[str, torch.nn.Module] | None = None, home: Path | None = None) -> None:
         quiet_libraries()
         self.family = family
         self.folder = folder
@@ -71,10 +87,14 @@ class Engine:
         self.precision = precision.policy(family.name, device, dtype)
         self.dtype = self.precision.dtype
         self.configs = component_configs(folder)
-        self.index = DiffusionPipeline.load_config(str(folder))
+        # Checked before diffusers reads it: it imports the library each component names.
+        self.index = check_index(model_name, DiffusionPipeline.load_config(str(folder)))
         self.scheduler_config = scheduler_config(folder, self.index)
         self.preloaded = dict(preloaded or {})
         self.pipes: dict[str, DiffusionPipeline] = {}
+        # LoRA adapters loaded into each stage's pipeline, on top of base weights loaded once.
+        self.adapters: dict[str, StageAdapters] = {}
+        self.home = home  # where this PC's adapter files are (`farm.jobs.loras`)
         self.parked: set[str] = set()  # stages whose components wait in CPU memory (full mode)
         self.loads = 0
         self.memory_mode = memory_mode
@@ -122,6 +142,7 @@ class Engine:
             memory.set_tiling(pipe, memory.parse(self.mode_used)[1])
             self.family.prepare_stage(pipe, stage, self.configs)
             self.pipes[stage] = pipe
+            self.adapters[stage] = StageAdapters()
             self.loads += 1
         elif stage in self.parked:
             memory.place(self.pipes[stage], self.placement, self.device)
@@ -146,11 +167,24 @@ class Engine:
         for pipe in self.pipes.values():
             memory.unplace(pipe)
         self.pipes.clear()
+        self.adapters.clear()
         self.parked.clear()
         self.preloaded.clear()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def adapted(self, stage: str, job: JobSpec) -> DiffusionPipeline:
+        """A denoising stage's pipeline with exactly the job's LoRA adapters on, at their weights
+        (none: off). Adapters touch only denoisers, so encoding never needs them."""
+        pipe = self.pipe(stage)
+        self.adapters[stage].apply(pipe, job.loras, self.home)
+        return pipe
+
+    @property
+    def adapter_loads(self) -> int:
+        """Adapter files loaded into pipelines so far (the base weights are `loads`)."""
+        return sum(a.loads for a in self.adapters.values())
 
     def loaded_components(self) -> set[str]:
         return {c for stage in self.pipes if stage in self.family.stages for c in self.family.stages[stage]}
@@ -161,15 +195,25 @@ class Engine:
         and a state every node can restore (a CUDA generator's state means nothing to a CPU)."""
         return [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
 
-    def encode(self, job: JobSpec, samples: tuple[Sample, ...]) -> Live:
-        """Encode prompts and draw initial latents: the state before step 0."""
+    def encode(self, job: JobSpec, samples: tuple[Sample, ...], init_image: bytes | None = None) -> Live:
+        """Encode prompts and draw initial latents: the state before step 0. An img2img job's init
+        image (its file's bytes) is encoded by the VAE, the decode stage's components, and noised to
+        the job's first step; the checkpoint then carries it, so no later segment needs the image."""
         pipe = self.pipe("encode")
         cond = self.family.encode(pipe, job, samples)
         seeds = tuple(s.seed for s in samples)
         generators = self._generators(seeds)
         scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
-        latents = self.family.init_latents(pipe, job, cond, generators, scheduler, self.configs)
-        self.family.set_timesteps(pipe, job, scheduler, tuple(latents.shape))
+        if job.init_image:
+            if init_image is None:
+                raise CheckpointError("the first segment of an img2img job came without its init image")
+            vae = self.pipe("decode")
+            latents = self.family.image_latents(vae, job, cond, conditioning.load_image(init_image), generators,
+                                                scheduler, self.configs)
+            self.release("decode")
+        else:
+            latents = self.family.init_latents(pipe, job, cond, generators, scheduler, self.configs)
+            self.family.set_timesteps(pipe, job, scheduler, tuple(latents.shape))
         self.release("encode")
         return Live(job, seeds, latents, cond, scheduler, generators)
 
@@ -180,19 +224,24 @@ class Engine:
         `should_stop` is asked after every iteration that ends a whole step: when it says yes the
         loop returns early (the node is being paused) and `live.step` says how far it got.
         """
-        schedulers.check_cut(live.job.sampler, live.job.steps, end)
-        ends = set(schedulers.whole_step_ends(live.job.sampler, live.job.steps))
+        job = live.job
+        schedulers.check_cut(job.sampler, job.run_steps, end)
+        ends = set(schedulers.whole_step_ends(job.sampler, job.run_steps))
+        # Iterations count from the first that runs; the scheduler's schedule from its first step
+        # (img2img skips `first_step` steps, as diffusers' `get_timesteps` slices them off).
+        skipped = schedulers.whole_step_ends(job.sampler, job.steps)[job.first_step]
         used: list[str] = []
         for i in range(live.step, end):
             # Two-stage models (SDXL's refiner, Wan 2.2's experts) run some iterations on another denoiser.
-            stage = self.family.denoiser_stage(self.index, live, i)
+            stage = self.family.denoiser_stage(self.index, live, skipped + i)
             if stage not in used:
                 for done in used:
                     self.release(done)  # the first expert leaves before the second one loads
                 used.append(stage)
+                self.adapted(stage, live.job)
             pipe = self.pipe(stage)
             pipe.scheduler = live.scheduler  # pipeline helpers (prepare_extra_step_kwargs...) read self.scheduler
-            live.latents = self.family.step(pipe, live, i)
+            live.latents = self.family.step(pipe, live, skipped + i)
             live.step = i + 1
             if on_step is not None:
                 on_step(i + 1)
@@ -221,7 +270,7 @@ class Engine:
             frames=job.frames,
             seeds=live.seeds,
             latents=to_raw(live.latents),
-            conditioning={k: to_raw(v) for k, v in live.cond.items()},
+            conditioning={**{k: to_raw(v) for k, v in live.cond.items()}, **self._layout(live.latents)},
             scheduler_state=schedulers.capture(live.scheduler, self.device),
             rng_states=tuple(g.get_state().numpy().tobytes() for g in live.generators),
         )
@@ -247,13 +296,25 @@ class Engine:
             except RuntimeError as e:
                 raise CheckpointError(
                     f"checkpoint: RNG state of {len(state)} bytes is not a CPU generator's ({e})") from None
-        cond = {k: self._cast(from_raw(v, self.device)) for k, v in cp.conditioning.items()}
+        cond = {k: self._cast(from_raw(v, self.device)) for k, v in cp.conditioning.items() if k != CHANNELS_LAST}
+        if CHANNELS_LAST in cp.conditioning:  # the latents and the history made from them (UniPC's einsum)
+            latents = latents.to(memory_format=torch.channels_last)
+            for key, value in vars(scheduler).items():
+                setattr(scheduler, key, _channels_last(value))
         return Live(job, cp.seeds, latents, cond, scheduler, generators, step=cp.step)
+
+    @staticmethod
+    def _layout(latents: torch.Tensor) -> dict[str, RawTensor]:
+        """The `CHANNELS_LAST` marker for latents held channels-last (nothing for contiguous ones)."""
+        if latents.ndim == 4 and not latents.is_contiguous() \
+                and latents.is_contiguous(memory_format=torch.channels_last):
+            return {CHANNELS_LAST: to_raw(torch.ones(1, dtype=torch.uint8))}
+        return {}
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
-    def plain(self, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
+    def plain(self, job: JobSpec, samples: tuple[Sample, ...], init_image: bytes | None = None) -> list[np.ndarray]:
         """The uncut baseline: the whole pipeline, one ordinary call in this engine's memory mode
         (tests and benchmarks)."""
         if "all" not in self.pipes:
@@ -261,4 +322,8 @@ class Engine:
             memory.place(pipe, self.placement, self.device)
             memory.set_tiling(pipe, memory.parse(self.mode_used)[1])
             self.pipes["all"] = pipe
+            self.adapters["all"] = StageAdapters()
+        self.adapters["all"].apply(self.pipes["all"], job.loras, self.home)
+        if job.init_image:
+            return self.family.plain_image(self.pipes["all"], job, samples, conditioning.load_image(init_image or b""))
         return self.family.plain(self.pipes["all"], job, samples)

@@ -4,7 +4,6 @@ local folder of real weights takes."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,14 +11,9 @@ from pathlib import Path
 import torch
 
 from farm.jobs.catalog import get_model
-from farm.jobs.sources import weight_files
+from farm.jobs.sources import farm_home, weight_files
 from farm.pipelines.families import get_family
 from farm.pipelines.quiet import quiet_libraries
-
-
-def farm_home() -> Path:
-    """Per-user state: built-in model folders live here (override with FARM_HOME)."""
-    return Path(os.environ.get("FARM_HOME") or Path.home() / ".cache" / "farm")
 
 
 def builtin_folder(name: str, home: Path | None = None) -> Path:

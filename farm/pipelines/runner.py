@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from farm.contracts.domain import NodeInfo, SegmentResult, SegmentTask
+from farm.contracts.domain import Lora, NodeInfo, SegmentResult, SegmentTask
 from farm.contracts.errors import CheckpointError
 from farm.jobs.catalog import get_model
 from farm.pipelines import schedulers
@@ -28,10 +28,16 @@ from farm.pipelines.preview import preview_pngs
 from farm.pipelines.quiet import quiet_libraries
 from farm.wire import checkpoint_codec as wire
 
+# (model, heartbeat, should_stop) -> the folder a model only the head holds was fetched into, or None
+ModelFetch = Callable[[str, Callable[[], None] | None, Callable[[], bool] | None], Path | None]
+# (a job's adapters, the adapter home, heartbeat, should_stop): each put in `<home>/loras/` with its pinned hash
+LoraFetch = Callable[[tuple[Lora, ...], Path | None, Callable[[], None] | None, Callable[[], bool] | None], None]
+
 
 class SegmentRunner:
     def __init__(self, node: NodeInfo, home: Path | None = None, max_models: int = 1,
-                 threads: int | None = None, device: torch.device | None = None) -> None:
+                 threads: int | None = None, device: torch.device | None = None,
+                 fetch: ModelFetch | None = None, fetch_loras: LoraFetch | None = None) -> None:
         quiet_libraries()
         if threads:
             torch.set_num_threads(threads)
@@ -40,8 +46,11 @@ class SegmentRunner:
         self.device = device or pick_device()
         self.max_models = max_models
         self.engines: OrderedDict[str, Engine] = OrderedDict()
+        self.fetch = fetch  # a joined PC's model sync (node.model_fetch): models only the head holds
+        self.fetch_loras = fetch_loras  # and the adapters a job names that this PC lacks
 
-    def engine(self, model: str, memory_mode: str = "full") -> Engine:
+    def engine(self, model: str, memory_mode: str = "full", heartbeat: Callable[[], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> Engine:
         """The engine for `model`, held in `memory_mode` (a loaded model switches mode in memory),
         creating it when needed; the least recently used engine is closed to make room."""
         if model in self.engines:
@@ -52,9 +61,11 @@ class SegmentRunner:
         while len(self.engines) >= self.max_models:
             _, evicted = self.engines.popitem(last=False)
             evicted.close()
-        info = get_model(model)
-        engine = Engine(get_family(info.family), builtin_folder(model, self.home), model, self.device,
-                        memory_mode=memory_mode)
+        synced = self.fetch(model, heartbeat, should_stop) if self.fetch is not None else None
+        source = str(synced) if synced is not None else model  # a fetched model loads from its snapshot
+        info = get_model(source)
+        engine = Engine(get_family(info.family), builtin_folder(source, self.home), model, self.device,
+                        memory_mode=memory_mode, home=self.home)
         self.engines[model] = engine
         return engine
 
@@ -79,8 +90,11 @@ class SegmentRunner:
             torch.cuda.reset_peak_memory_stats(self.device)
         began = time.perf_counter()
         job = task.job
-        engine = self.engine(job.model, task.memory_mode)
-        ends = schedulers.whole_step_ends(job.sampler, job.steps)
+        heartbeat = (lambda: on_step(task.start)) if on_step is not None else None
+        engine = self.engine(job.model, task.memory_mode, heartbeat, should_stop)
+        if job.loras and self.fetch_loras is not None:  # before the engine resolves them (`adapters.resolve`)
+            self.fetch_loras(job.loras, self.home, heartbeat, should_stop)
+        ends = schedulers.whole_step_ends(job.sampler, job.run_steps)
         start, end = ends[task.start], ends[task.end]
         step_of = {evaluation: step for step, evaluation in enumerate(ends)}
 
@@ -91,7 +105,7 @@ class SegmentRunner:
             if task.start != 0:
                 raise CheckpointError(f"segment {task.index} of {task.shard_id} starts at step {task.start} "
                                       "without a checkpoint")
-            live = engine.encode(job, task.samples)
+            live = engine.encode(job, task.samples, task.init_image)
         else:
             cp = wire.decode(task.checkpoint)
             if cp.step != start or cp.seeds != tuple(s.seed for s in task.samples):

@@ -23,19 +23,19 @@ from dataclasses import dataclass, replace
 
 from farm.contracts.control import OPERATOR_PAUSE, Event, JobView, NodeView, Pause
 from farm.contracts.domain import JobSpec, NodeInfo, SegmentResult, SegmentTask
-from farm.contracts.errors import CheckpointError, FarmError, NodeLost, NotFound
+from farm.contracts.errors import CheckpointError, FarmError, InvalidInput, NodeLost, NotFound
 from farm.contracts.ids import job_of_shard, new_job_id
 from farm.contracts.ports import Executor, OutputSink
-from farm.core import costmodel, views
+from farm.core import costmodel, limits, views
 from farm.core import events as ev
 from farm.core.actions import Action, InterruptNode, ProbeNode, Record, StartSegment, WriteOutputs
 from farm.core.apply import apply
-from farm.core.decide import Decide, decide
+from farm.core.decide import Decide, decide, next_check
 from farm.core.state import FarmState, NodeRecord, Settings
 from farm.core.transitions import ENDED, FINAL
 from farm.jobs.catalog import get_model
 from farm.jobs.demand import job_shape
-from farm.runtime.blobs import MemoryBlobs
+from farm.runtime.blobs import MemoryBlobs, digest_of
 from farm.runtime.output_files import read_output
 from farm.runtime.store import Store
 from farm.wire import checkpoint_codec
@@ -44,9 +44,12 @@ log = logging.getLogger(__name__)
 EVENTS_KEPT = 10_000
 # Consecutive failed ticks after which the loop gives up and health says NOT_SERVING.
 MAX_BROKEN_TICKS = 5
-# How long the loop waits for a result when nothing happens: an idle head wakes once a second (leases,
-# probes); results and progress wake it at once, and commands are acted on by the thread that got them.
-LOOP_WAIT_S = 1.0
+# The loop sleeps until a result, a step of progress or the executor's wake-up (new work handed out)
+# comes, or until `decide` has something due on the clock alone (`next_check`: a lease or a probe
+# running out); commands are acted on by the thread that got them. With nothing due at all it still
+# looks once a minute, and never sooner than MIN_WAIT_S after the last look.
+IDLE_WAIT_S = 60.0
+MIN_WAIT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ class Coordinator:
     def __init__(self, executor: Executor, sink: OutputSink, *, max_failures: int = 5,
                  max_segment_steps: int | None = None, segment_seconds: float = 30.0,
                  clock: Callable[[], float] = time.time, store: Store | None = None, decide: Decide = decide,
-                 on_health: Callable[[bool], None] | None = None) -> None:
+                 on_health: Callable[[bool], None] | None = None,
+                 max_unfinished_per_user: int | None = Settings.max_unfinished_per_user) -> None:
         self.executor = executor
         self.sink = sink
         self.clock = clock
@@ -93,7 +97,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._collect = True
         settings = Settings(max_failures=max_failures, max_segment_steps=max_segment_steps,
-                            segment_seconds=segment_seconds)
+                            segment_seconds=segment_seconds, max_unfinished_per_user=max_unfinished_per_user)
         self.state = FarmState(settings=settings)
         if store is not None:
             self._activity.extend(store.load_activity(EVENTS_KEPT))
@@ -127,7 +131,8 @@ class Coordinator:
                     log.exception("could not journal %s", type(event).__name__)
             for kind, job_id, node, message in views.activity(before, self.state, event):
                 self._emit(kind, job_id, node, message)
-            if isinstance(event, (ev.SegmentFinished, ev.OutputsWritten, ev.JobCancelled, ev.NodeLeft)):
+            if isinstance(event, (ev.SegmentFinished, ev.OutputsWritten, ev.JobCancelled, ev.JobForgotten,
+                                  ev.NodeLeft)):
                 self._collect = True
             self._changed.notify_all()
             return self.state
@@ -149,11 +154,16 @@ class Coordinator:
 
     # ----- jobs ---------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, job_id: str | None = None, shape: costmodel.Shape | None = None) -> str:
+    def submit(self, spec: JobSpec, job_id: str | None = None, shape: costmodel.Shape | None = None,
+               init_image: bytes | None = None) -> str:
         """Queue a validated job; refuses (DoesNotFit) one no node can hold, storing nothing. `shape`
-        overrides what the catalog costs the model as (the simulator's full-size jobs)."""
+        overrides what the catalog costs the model as (the simulator's full-size jobs). An img2img
+        job brings its init image's bytes, stored once under their hash (`spec.init_image`)."""
         shape = shape or job_shape(spec)
+        if (digest_of(init_image) if init_image is not None else "") != spec.init_image:
+            raise InvalidInput("init_image", "the image bytes given do not match the job's init image hash")
         with self._lock:
+            limits.check_queue(self.state, spec.owner)
             budgets = [n.info.vram_gib for n in self.state.nodes.values() if not n.offline]
             costmodel.check_fits(shape, budgets)
             now = self.clock()
@@ -161,6 +171,8 @@ class Coordinator:
                 job_id = new_job_id(now)
                 while job_id in self.state.jobs:  # 16 random bits per second: rare, but a busy queue meets it
                     job_id = new_job_id(now)
+            if init_image is not None:
+                self.blobs.put(init_image)
             self._handle(ev.JobSubmitted(now, job_id, spec, shape))
             self._nudge()
             return job_id
@@ -169,6 +181,13 @@ class Coordinator:
         with self._lock:
             self._handle(ev.JobCancelled(self.clock(), job_id))
             self._nudge()
+            for key in [k for k in self.previews if k[0] == job_id]:
+                del self.previews[key]
+
+    def forget_job(self, job_id: str) -> None:
+        """Remove an ended job from the queue (its output files stay; its blobs are collected)."""
+        with self._lock:
+            self._handle(ev.JobForgotten(self.clock(), job_id))
             for key in [k for k in self.previews if k[0] == job_id]:
                 del self.previews[key]
 
@@ -202,10 +221,10 @@ class Coordinator:
             raise NotFound("job", f"no job {job_id!r}")
         return views.job_view(state, job, views.positions(state).get(job_id, 0))
 
-    def list_jobs(self) -> list[JobView]:
+    def list_jobs(self, after: str = "", limit: int | None = None) -> list[JobView]:
         with self._lock:
             state = self.state
-        return views.job_views(state)
+        return views.job_views(state, after, limit)
 
     def read_output(self, job_id: str, index: int) -> bytes:
         """The bytes of output `index` of a job, as written (for a client on another PC)."""
@@ -255,6 +274,18 @@ class Coordinator:
     def resume_node(self, name: str) -> None:
         self._handle(ev.NodeResumed(self.clock(), name))
         self._nudge()
+
+    def node_models(self, name: str, stored: frozenset[str], allow: tuple[str, ...], deny: tuple[str, ...],
+                    link_bytes_per_s: float) -> None:
+        """A node's disk (synced models it holds), its owner's model lists, its measured link speed."""
+        self._handle(ev.NodeModels(self.clock(), name, stored, allow, deny, link_bytes_per_s))
+        self._nudge()
+
+    def model_served(self, model: str, size: int, holders: tuple[str, ...]) -> None:
+        """A model only the head holds: nodes without it fetch `size` bytes before running it."""
+        known = self.state.synced.get(model)
+        if known != size:
+            self._handle(ev.ModelServed(self.clock(), model, size, holders))
 
     def remove_node(self, name: str) -> None:
         """Forget a node; its segment resumes elsewhere from its last checkpoint."""
@@ -343,16 +374,19 @@ class Coordinator:
         if isinstance(outcome, BaseException):
             reason = outcome.args[1] if isinstance(outcome, NodeLost) and len(outcome.args) > 1 else str(outcome)
             self._handle(ev.NodeLeft(now, node, f"Ray worker unreachable: {reason or type(outcome).__name__}"))
-        else:
-            self._handle(ev.NodeReady(now, node))
+        else:  # a worker that measured its speed answers with the figure (`Executor.probe`)
+            calibration = outcome if isinstance(outcome, float) and outcome > 0 else 0.0
+            self._handle(ev.NodeReady(now, node, calibration))
 
     def _start(self, a: StartSegment, now: float) -> None:
         job = self.state.jobs[job_of_shard(a.shard_id)]
         shard = job.shards[a.shard_id].shard
         samples = job.spec.samples()
         checkpoint = self.blobs.get(a.checkpoint) if a.checkpoint is not None else None
+        # Only the node that encodes (the first segment, no checkpoint yet) gets the init image.
+        image = self.blobs.get(job.spec.init_image) if job.spec.init_image and checkpoint is None else None
         task = SegmentTask(job.spec, a.shard_id, tuple(samples[i] for i in shard.sample_indices), a.index, a.start,
-                           a.end, checkpoint, a.mode)
+                           a.end, checkpoint, a.mode, image)
         try:
             handle = self.executor.submit(a.node, task)
         except Exception as e:  # its actor is gone: the node is, as far as the farm can tell
@@ -466,7 +500,7 @@ class Coordinator:
         try:
             while not self._stop.is_set():
                 try:
-                    self.tick(LOOP_WAIT_S)
+                    self.tick(self._wait_s())
                     broken = 0
                 except Exception:
                     broken += 1
@@ -478,6 +512,14 @@ class Coordinator:
             if not self._stop.is_set():
                 self._set_serving(False)
 
+    def _wait_s(self) -> float:
+        """How long the loop may wait for an event before `decide` has something due."""
+        with self._lock:
+            due = next_check(self.state)
+        if due is None:
+            return IDLE_WAIT_S
+        return min(IDLE_WAIT_S, max(MIN_WAIT_S, due - self.clock() + MIN_WAIT_S))
+
     def _set_serving(self, serving: bool) -> None:
         self.serving = serving
         if self.on_health is not None:
@@ -485,6 +527,9 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+        wake = getattr(self.executor, "wake", None)  # an executor whose `wait` blocks (Ray's) ends it now
+        if wake is not None:
+            wake()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.store is not None:

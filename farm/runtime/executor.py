@@ -1,80 +1,82 @@
 """Ray executor: one `SegmentWorker` actor per node, pinned to that node by a custom resource.
 
-The actor wraps the Ray-free `SegmentRunner` and reports every finished step to a `Progress` actor
-on the coordinator's node. The executor keeps one long call to that actor outstanding and waits on it
-together with the segments in flight, so progress and results wake the coordinator as they come, and
-an idle farm makes no Ray calls at all (no polling). A crashed actor (its process or its PC died) comes back
-as `NodeLost`; an exception inside a segment as `SegmentFailed`; the coordinator decides what next.
+A segment runs as a Ray streaming generator: the actor yields `(step, batch)` after every step and
+then the result's msgpack bytes, so progress reaches the head on the call itself, with no queue actor
+and no polling. On the head one thread per running segment blocks on its generator and puts what
+comes into one local queue that `wait` blocks on (health probes answer there too, by callback), so an
+idle farm makes no Ray calls and wakes no thread. A crashed actor (its process or its PC died) comes
+back as `NodeLost`; an exception inside a segment as `SegmentFailed`; the coordinator decides what next.
+
+An actor with nothing to do for `park_s` is parked (killed): an idle Ray worker process still wakes
+every 10 ms, and on a gamer's PC its CUDA context holds VRAM. The node stays ready; while parked, its
+liveness is its Ray node's resource in the cluster view, and its next segment starts a fresh actor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError, RayTaskError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from farm.contracts.domain import NodeInfo, SegmentResult, SegmentTask, StepEvent
 from farm.contracts.errors import NodeLost, SegmentFailed
+from farm.wire import result_codec
+from farm.wire.result_codec import NodeError, ResultError
 
 NODE_RESOURCE = "farm_node:"
 # Each node's resource has room for several actors so that a second executor (a test, a restarted
 # coordinator) can attach to a running cluster; one executor still runs one actor per node.
 NODE_SLOTS = 16.0
-# How long one outstanding `Progress.take` waits before it returns empty and is asked again.
-TAKE_S = 60.0
-
-
-class Progress:
-    """Ray actor body (async): step events from the workers, handed out in batches. `take` waits
-    until there is something (or `timeout`), so the reader blocks instead of polling."""
-
-    def __init__(self) -> None:
-        self.items: list[StepEvent] = []
-        self.ready = asyncio.Event()
-
-    def put(self, event: StepEvent) -> None:
-        self.items.append(event)
-        self.ready.set()
-
-    async def take(self, timeout: float) -> list[StepEvent]:
-        if not self.items:
-            try:
-                await asyncio.wait_for(self.ready.wait(), timeout)
-            except TimeoutError:
-                pass
-        out, self.items = self.items, []
-        self.ready.clear()
-        return out
+# An actor idle this long is parked (killed); the next segment on its node starts a new one (a few
+# seconds, beside a model load that a parked actor has to redo anyway).
+IDLE_PARK_S = 60.0
 
 
 class SegmentWorker:
     """Ray actor body: keeps its node's pipelines loaded between segments."""
 
-    def __init__(self, node: NodeInfo, home: str | None, events: ray.actor.ActorHandle | None) -> None:
+    def __init__(self, node: NodeInfo, home: str | None, models: Callable[[], object | None] | None = None) -> None:
         from farm.pipelines.runner import SegmentRunner  # torch and diffusers load in the worker only
 
-        self.runner = SegmentRunner(node, Path(home) if home else None, threads=1)
-        self.events = events  # a `Progress` actor
+        fetcher = models() if models is not None else None  # made here, on the node's PC, from its FARM_HOME
+        self.runner = SegmentRunner(node, Path(home) if home else None, threads=1,
+                                    fetch=fetcher.ensure if fetcher is not None else None,  # type: ignore[attr-defined]
+                                    fetch_loras=fetcher.ensure_loras if fetcher is not None else None)  # type: ignore[attr-defined]
         self.stopping = threading.Event()
         self.running = threading.Lock()  # held by `run`: `release` waits for the segment to end
 
-    def run(self, task: SegmentTask) -> SegmentResult:
-        def on_step(step: int) -> None:
-            if self.events is not None:
-                self.events.put.remote(StepEvent(self.runner.node.name, task.shard_id, step, len(task.samples)))
+    def run(self, task: SegmentTask) -> Iterator[tuple[int, int] | bytes]:
+        """A streaming generator: `(step, batch)` after each step, then the segment's result as msgpack
+        bytes (`farm.wire.result_codec`): the head decodes them as data, so nothing of this process's
+        making is unpickled there but plain ints and `bytes`. The segment runs on a thread of its own
+        because the runner reports steps by callback; this one hands them on as they come."""
+        batch = len(task.samples)
+        steps: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        reply: list[bytes] = []
 
-        with self.running:
+        def work() -> None:
             try:
-                return self.runner.run(task, on_step, self.stopping.is_set)
+                result = self.runner.run(task, steps.put, self.stopping.is_set)
+                reply.append(result_codec.encode(result, result_codec.image_shape(task.job)))
+            except Exception as e:  # a plain code and message, not an exception object, goes back
+                reply.append(result_codec.encode_error(type(e).__name__, str(e)))
             finally:
                 self.stopping.clear()
+                steps.put(None)
+
+        with self.running:
+            worker = threading.Thread(target=work, name=f"segment {task.shard_id}#{task.index}", daemon=True)
+            worker.start()
+            while (step := steps.get()) is not None:
+                yield (step, batch)
+            worker.join()
+        yield reply[0]
 
     def stop(self) -> None:
         """End the running segment at its next step boundary (runs beside `run`: two threads)."""
@@ -94,6 +96,34 @@ class SegmentWorker:
             self.runner.release()
 
 
+def segment_outcome(node: str, reply: object, shape: tuple[int, ...]) -> SegmentResult | SegmentFailed:
+    """A node's reply decoded by the head's code: its result, or a failed segment charged to it (the
+    error it reported, or a reply that is not a well-formed result)."""
+    try:
+        decoded = result_codec.decode(reply, shape)
+    except ResultError as e:
+        return SegmentFailed(f"bad result from {node}: {e}")
+    if isinstance(decoded, NodeError):
+        return SegmentFailed(f"segment failed on {node}: {decoded.code}: {decoded.message}")
+    return decoded
+
+
+def ray_outcome(node: str, e: Exception) -> BaseException:
+    """What a Ray error on a node's call means to the coordinator: the actor is gone (`NodeLost`), or
+    the call failed there (`SegmentFailed`)."""
+    if isinstance(e, (ActorDiedError, ActorUnavailableError)):
+        return NodeLost(node, type(e).__name__)
+    if isinstance(e, RayTaskError):
+        return SegmentFailed(f"segment failed on {node}: {type(e.cause).__name__}")
+    if isinstance(e, RayActorError):
+        return NodeLost(node, type(e).__name__)
+    return SegmentFailed(f"segment failed on {node}: {type(e).__name__}")
+
+
+def is_step(item: object) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and all(type(v) is int for v in item)
+
+
 def pinned_env(info: NodeInfo) -> dict[str, object] | None:
     """The actor's runtime environment: a node on a real GPU sees only that device (as cuda:0), so
     the nodes of a multi-GPU PC never share one; a simulated node gets none."""
@@ -103,23 +133,24 @@ def pinned_env(info: NodeInfo) -> dict[str, object] | None:
 
 
 class RayExecutor:
-    """`Executor` over a Ray cluster with one actor per farm node."""
+    """`Executor` over a Ray cluster with one actor per farm node (none while the node is parked)."""
 
-    def __init__(self, nodes: Sequence[NodeInfo], home: Path | None = None) -> None:
+    def __init__(self, nodes: Sequence[NodeInfo], home: Path | None = None,
+                 models: Callable[[], object | None] | None = None, park_s: float = IDLE_PARK_S) -> None:
         self._nodes = list(nodes)
-        # The progress queue lives on the coordinator's own Ray node: a worker PC that dies must not
-        # take it along.
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        # Async methods make it an async actor: a `take` waiting does not keep `put` out.
-        # Restarted if it dies; a `take` that dies with it is not retried (progress is display only:
-        # the next `wait` asks again), so stopping the farm leaves no retry behind.
-        self.events = ray.remote(Progress).options(num_cpus=0, scheduling_strategy=here, max_restarts=-1,
-                                                   max_task_retries=0).remote()
-        self._take: ray.ObjectRef | None = None
-        self._steps: list[StepEvent] = []
+        # Made in each actor, on its PC: the model sync of a joined PC (`node.model_fetch.from_environment`).
+        self.models = models
+        self.park_s = park_s
+        # `home` is this PC's FARM_HOME, for the nodes given here (this PC's GPUs); a joined PC's actor
+        # runs on that PC and uses its own (None: `farm_home()` of the PC's environment).
         self.home = home
-        self.actors: dict[str, ray.actor.ActorHandle] = {}
-        self.pending: dict[ray.ObjectRef, str] = {}
+        self._local = frozenset(n.name for n in nodes)
+        self.actors: dict[str, ray.actor.ActorHandle] = {}  # a parked node has none
+        self.pending: dict[object, str] = {}  # a call's handle -> its node
+        self.idle_since: dict[str, float] = {}  # a node with an actor and no call -> since when (monotonic)
+        # What wait() hands out: StepEvents, (handle, outcome) from segment readers, probe refs, None (wake).
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._steps: list[StepEvent] = []
         # add_node runs on a gRPC thread (a PC joins) while the coordinator's loop submits and waits.
         self._lock = threading.Lock()
         for n in self._nodes:
@@ -133,68 +164,140 @@ class RayExecutor:
         the old one if there was one. A call still pending on the old actor comes back from `wait`
         (as `NodeLost` when the actor died): the coordinator must tell it from the new actor's."""
         with self._lock:
-            old = self.actors.get(info.name)
+            old = self.actors.pop(info.name, None)
+            self._nodes = [n for n in self._nodes if n.name != info.name] + [info]
         if old is not None:
-            try:
-                ray.kill(old, no_restart=True)
-            except RayActorError:  # already gone with its worker
-                pass
-        # max_concurrency=3: `stop` (and a health probe) must run while `run` and a `release` waiting
-        # for it are busy.
+            self._kill(old)
+        with self._lock:
+            self._spawn(info)
+
+    def _spawn(self, info: NodeInfo) -> ray.actor.ActorHandle:
+        """Start `info`'s actor (with the lock held). max_concurrency=3: `stop` (and a health probe)
+        must run while `run` and a `release` waiting for it are busy."""
         remote = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=3)(SegmentWorker)
         actor = remote.options(num_cpus=0, resources={NODE_RESOURCE + info.name: 1},
                                runtime_env=pinned_env(info)).remote(
-            info, str(self.home) if self.home else None, self.events)
-        with self._lock:
-            self.actors[info.name] = actor
-            self._nodes = [n for n in self._nodes if n.name != info.name] + [info]
+            info, str(self.home) if self.home and info.name in self._local else None, self.models)
+        self.actors[info.name] = actor
+        self.idle_since[info.name] = time.monotonic()
+        return actor
 
-    def submit(self, node: str, task: SegmentTask) -> ray.ObjectRef:
+    def _actor(self, node: str) -> ray.actor.ActorHandle:
+        """`node`'s actor, a new one if it was parked (with the lock held). Raises `NodeLost` where its
+        Ray node has left the cluster: a new actor there would wait for it forever."""
+        actor = self.actors.get(node)
+        if actor is not None:
+            return actor
+        info = next((n for n in self._nodes if n.name == node), None)
+        if info is None:
+            raise KeyError(node)
+        if not self._present(node):
+            raise NodeLost(node, "its Ray node is not in the cluster")
+        return self._spawn(info)
+
+    @staticmethod
+    def _present(node: str) -> bool:
+        """Whether the Ray node that carries `node`'s resource is in the cluster (one GCS call)."""
+        return NODE_RESOURCE + node in ray.cluster_resources()
+
+    def submit(self, node: str, task: SegmentTask) -> object:
+        shape = result_codec.image_shape(task.job)
         with self._lock:
-            ref = self.actors[node].run.remote(task)
-            self.pending[ref] = node
-        return ref
+            gen = self._actor(node).run.options(num_returns="streaming").remote(task)
+            self.pending[gen] = node
+            self.idle_since.pop(node, None)
+        threading.Thread(target=self._read, args=(gen, node, task.shard_id, shape),
+                         name=f"farm-segment-{node}", daemon=True).start()
+        return gen
+
+    def _read(self, gen: ray.ObjectRefGenerator, node: str, shard_id: str, shape: tuple[int, ...]) -> None:
+        """One segment's stream into the inbox: its steps as they come, then its outcome (blocks on Ray
+        all along; ends with the segment)."""
+        outcome: SegmentResult | BaseException | None = None
+        try:
+            for ref in gen:
+                item = ray.get(ref)
+                if is_step(item):
+                    self._inbox.put(StepEvent(node, shard_id, item[0], item[1]))
+                elif outcome is None:
+                    outcome = segment_outcome(node, item, shape)
+        except Exception as e:  # the actor died (after its result, that result stands), or the call failed
+            outcome = ray_outcome(node, e) if outcome is None else outcome
+        self._inbox.put((gen, SegmentFailed(f"segment failed on {node}: no result") if outcome is None else outcome))
+
+    def wake(self) -> None:
+        """End a `wait` blocked on another thread now (the coordinator stops)."""
+        self._inbox.put(None)
 
     def wait(self, timeout: float) -> list[tuple[object, SegmentResult | BaseException]]:
-        """Segments that ended, waiting up to `timeout` for the first one or for step events (which
-        `step_events` then returns). Blocks for the whole `timeout` when nothing happens: a loop
-        calling this does not spin on an idle farm."""
-        with self._lock:
-            refs = list(self.pending)
-        if self._take is None:
-            self._take = self.events.take.remote(TAKE_S)
-        take, began = self._take, time.monotonic()
-        done, _ = ray.wait([*refs, take], num_returns=1, timeout=timeout)
-        if done and refs:  # whatever else ended by now, without waiting longer
-            done, _ = ray.wait([*refs, take], num_returns=len(refs) + 1, timeout=0)
-        out: list[tuple[object, SegmentResult | BaseException]] = []
-        for ref in done:
-            if ref == take:
-                self._take = None
-                try:
-                    self._steps.extend(ray.get(take))
-                except RayError:  # the progress actor restarts: progress is display only, results still come
-                    time.sleep(max(0.0, min(timeout, 1.0) - (time.monotonic() - began)))
-                continue
-            with self._lock:
-                node = self.pending.pop(ref, None)
-            if node is None:
-                continue
+        """Segments and probes that ended, waiting up to `timeout` for the first one or for step events
+        (which `step_events` then returns). Blocks for the whole `timeout` when nothing happens (but for
+        an actor's parking time running out): a loop calling this does not spin on an idle farm."""
+        park = self._park_due()
+        try:
+            items = [self._inbox.get(timeout=max(0.0, min(timeout, park)))]
+        except queue.Empty:
+            items = []
+        while True:  # whatever else came by now, without waiting longer
             try:
-                out.append((ref, ray.get(ref)))
-            except (ActorDiedError, ActorUnavailableError) as e:
-                out.append((ref, NodeLost(node, type(e).__name__)))
-            except RayTaskError as e:
-                out.append((ref, SegmentFailed(f"segment failed on {node}: {e.cause!r}")))
-            except RayActorError as e:
-                out.append((ref, NodeLost(node, type(e).__name__)))
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        out: list[tuple[object, SegmentResult | BaseException]] = []
+        for item in items:
+            if isinstance(item, StepEvent):
+                self._steps.append(item)
+            elif isinstance(item, tuple):
+                handle, outcome = item
+                if self._ended(handle):
+                    out.append((handle, outcome))
+            elif item is not None:  # a probe's ref, answered
+                node = self.pending.get(item)
+                if self._ended(item) and node is not None:
+                    try:
+                        out.append((item, ray.get(item)))
+                    except Exception as e:
+                        out.append((item, ray_outcome(node, e)))
+        self._park_due()
         return out
 
-    def probe(self, node: str) -> ray.ObjectRef:
-        """A health probe: the actor answers with its process id once it runs."""
+    def _ended(self, handle: object) -> bool:
+        """Forget a call that ended; False for one no longer waited for (its node was removed)."""
         with self._lock:
-            ref = self.actors[node].pid.remote()
+            node = self.pending.pop(handle, None)
+            if node is not None and node in self.actors and node not in self.pending.values():
+                self.idle_since[node] = time.monotonic()
+        return node is not None
+
+    def _park_due(self) -> float:
+        """Park the actors idle for `park_s`; the seconds until the next one is due (inf: none)."""
+        now, parked, nxt = time.monotonic(), [], float("inf")
+        with self._lock:
+            for node, since in list(self.idle_since.items()):
+                if now - since < self.park_s:
+                    nxt = min(nxt, since + self.park_s - now)
+                elif node in self.actors and node not in self.pending.values():
+                    parked.append(self.actors.pop(node))
+                    del self.idle_since[node]
+        for actor in parked:
+            self._kill(actor)
+        return nxt
+
+    def probe(self, node: str) -> object:
+        """A health probe: the actor answers with its process id once it runs. A parked node answers at
+        once from the cluster view: present (0) or `NodeLost` (its Ray node left)."""
+        with self._lock:
+            actor = self.actors.get(node)
+            if actor is None:
+                handle = object()
+                self.pending[handle] = node
+                answer = 0 if self._present(node) else NodeLost(node, "its Ray node is not in the cluster")
+                self._inbox.put((handle, answer))
+                return handle
+            ref = actor.pid.remote()
             self.pending[ref] = node
+            self.idle_since.pop(node, None)
+        ref.future().add_done_callback(lambda _: self._inbox.put(ref))
         return ref
 
     def step_events(self) -> list[StepEvent]:
@@ -203,36 +306,48 @@ class RayExecutor:
         return out
 
     def release(self, node: str) -> None:
-        """Ask a node's actor to drop its models and free its GPU memory (after its segment stops)."""
+        """Ask a node's actor to drop its models and free its GPU memory (after its segment stops); a
+        parked node holds none."""
         with self._lock:
             actor = self.actors.get(node)
         if actor is not None:
             actor.release.remote()
 
     def interrupt(self, node: str) -> None:
-        """Ask a node to checkpoint at its next step boundary and return (pause)."""
-        self.actors[node].stop.remote()
+        """Ask a node to checkpoint at its next step boundary and return (pause); a parked node runs nothing."""
+        with self._lock:
+            actor = self.actors.get(node)
+        if actor is not None:
+            actor.stop.remote()
 
     def remove_node(self, node: str) -> None:
         """Forget a node: its actor is killed (its PC was removed from the farm)."""
         with self._lock:
             actor = self.actors.pop(node, None)
             self.pending = {ref: n for ref, n in self.pending.items() if n != node}
+            self.idle_since.pop(node, None)
             self._nodes = [n for n in self._nodes if n.name != node]
         if actor is not None:
-            try:
-                ray.kill(actor, no_restart=True)
-            except RayActorError:
-                pass
+            self._kill(actor)
 
     def kill(self, node: str) -> None:
         """Kill a node's worker process, as a crashed PC would (used by fault tests)."""
         ray.kill(self.actors[node], no_restart=True)
 
-    def shutdown(self) -> None:
-        for actor in self.actors.values():
+    @staticmethod
+    def _kill(actor: ray.actor.ActorHandle) -> None:
+        try:
             ray.kill(actor, no_restart=True)
-        ray.kill(self.events, no_restart=True)
+        except RayActorError:  # already gone with its worker
+            pass
+
+    def shutdown(self) -> None:
+        with self._lock:
+            actors, self.actors = list(self.actors.values()), {}
+            self.idle_since.clear()
+        for actor in actors:
+            self._kill(actor)
+        self.wake()
 
 
 def start_embedded_cluster(nodes: Sequence[NodeInfo]) -> None:

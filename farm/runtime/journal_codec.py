@@ -16,7 +16,7 @@ from typing import Any
 from immutables import Map
 
 from farm.contracts.control import Pause, PauseBy
-from farm.contracts.domain import JobSpec, JobStatus, NodeInfo, Shard, StepRun
+from farm.contracts.domain import JobSpec, JobStatus, Lora, NodeInfo, Shard, StepRun
 from farm.core import events
 from farm.core.costmodel import Shape
 from farm.core.speed import SpeedBook
@@ -24,7 +24,7 @@ from farm.core.state import FarmState, JobState, NodeRecord, Settings, ShardStat
 
 TYPES: dict[str, type] = {t.__name__: t for t in (
     *events.EVENT_TYPES, FarmState, JobState, ShardState, NodeRecord, Pause, Settings, SpeedBook, JobSpec, Shape,
-    Shard, NodeInfo, StepRun,
+    Shard, NodeInfo, StepRun, Lora,
 )}
 ENUMS: dict[str, type[Enum]] = {t.__name__: t for t in (JobStatus, PauseBy)}
 

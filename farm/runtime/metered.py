@@ -76,5 +76,11 @@ class MeteredExecutor:
     def interrupt(self, node: str) -> None:
         self.inner.interrupt(node)
 
+    def wake(self) -> None:
+        """Pass the coordinator's wake-up on, where the inner executor blocks in `wait` (Ray's)."""
+        wake = getattr(self.inner, "wake", None)
+        if wake is not None:
+            wake()
+
     def shutdown(self) -> None:
         self.inner.shutdown()

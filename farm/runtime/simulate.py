@@ -11,7 +11,9 @@ the declared one and learns), and times a segment as:
     + VAE decode after the last step.
 
 It checks every segment against the node's budget and that every step of every sample runs exactly
-once, in order, so no `decide` function can cheat its way to a short makespan. Nodes may leave and
+once, in order, so no `decide` function can cheat its way to a short makespan. A probe of a node is
+answered with the calibration its worker would measure (`SimExecutor.calibrate`), which seeds its
+learned speed; a shard that resumes on another node (a migration or a loss) pays the hand-off. Nodes may leave and
 come back (`Churn`): a node that leaves loses the segment it was running, as when a PC dies.
 `bench/scheduler.py` compares `farm.core.decide.decide` with the baselines of `farm.core.baselines`;
 `bench/churn.py` measures work redone under churn.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -47,6 +50,7 @@ from farm.wire.checkpoint import Checkpoint, RawTensor
 
 DISPATCH_S = 0.3  # handing a task to a node's actor and getting its result back
 HANDOFF_S = 0.5  # moving a checkpoint (latents, scheduler and RNG state) to another node
+CALIBRATION_STEPS = 4  # denoising steps a joining worker times to seed its learned speed
 # Simulated jobs render tiny images (the shape they are costed at is given separately).
 SIM_SIZE = 8
 
@@ -97,6 +101,7 @@ class Outcome:
     departures: int = 0
     jobs_done: int = 0
     duplicated: int = 0  # outputs written more than once
+    handoffs: int = 0  # segments that resumed a shard on another node than its last (migrations, losses)
 
     @property
     def redone(self) -> float:
@@ -144,7 +149,7 @@ class SimExecutor:
         self.handles = itertools.count()
         self.progress = {(j.job_id, s): 0 for j in jobs for s in range(j.samples)}
         self.last_node: dict[str, str] = {}
-        self.loads = self.tasks = self.departures = 0
+        self.loads = self.tasks = self.departures = self.handoffs = 0
         self.executed = 0.0
         self.busy_seconds = {name: 0.0 for name in self.runs}
         self.coordinator: Coordinator | None = None
@@ -180,6 +185,7 @@ class SimExecutor:
         seconds = load + self._offload_seconds(job, task, mode, run.previous) + DISPATCH_S + denoise
         if task.start > 0 and self.last_node.get(task.shard_id) != node:
             seconds += HANDOFF_S
+            self.handoffs += 1
         if task.last:
             seconds += reference_decode_seconds(job.shape, batch, mode.tiled) / run.node.true_speed
         run.previous = (task, mode)
@@ -281,10 +287,21 @@ class SimExecutor:
         return out
 
     def probe(self, node: str) -> object:
-        """Answered at the next `wait`, at once: a node that is down answers NodeLost."""
+        """Answered at the next `wait`, at once: a node that is down answers NodeLost; one that is up,
+        its calibration (`calibrate`)."""
         handle = next(self.handles)
-        self.answers.append((handle, True if self.runs[node].up else NodeLost(node, "it left the farm")))
+        run = self.runs[node]
+        self.answers.append((handle, self.calibrate(run) if run.up else NodeLost(node, "it left the farm")))
         return handle
+
+    @staticmethod
+    def calibrate(run: _Node) -> float:
+        """What a worker measures at join: CALIBRATION_STEPS steps of the reference image model, timed
+        on its card and divided by their reference time (the card's true seconds per reference-second;
+        the steps take under a second, counted as part of the probe)."""
+        shape = Shape("sd15", 512, 512)
+        seconds = CALIBRATION_STEPS * reference_step_seconds(shape, 1) / run.node.true_speed
+        return seconds / (CALIBRATION_STEPS * reference_step_seconds(shape, 1))
 
     def step_events(self) -> list:
         return []
@@ -315,7 +332,8 @@ def simulate(nodes: Sequence[SimNode], jobs: Sequence[SimJob], decide: Decide = 
     executor = SimExecutor(nodes, jobs, churn)
     sink = CountingSink()
     coordinator = Coordinator(executor, sink, clock=lambda: executor.now, decide=decide,
-                              segment_seconds=segment_seconds, max_failures=10**9)
+                              segment_seconds=segment_seconds, max_failures=10**9,
+                              max_unfinished_per_user=None)  # a workload, not users: no queue cap
     executor.coordinator = coordinator
     pending = sorted(jobs, key=lambda j: (j.arrival, j.job_id))
     idle_rounds = 0
@@ -338,47 +356,109 @@ def simulate(nodes: Sequence[SimNode], jobs: Sequence[SimJob], decide: Decide = 
     done = sum(1 for j in coordinator.state.jobs.values() if j.status.value == "done")
     duplicated = sum(n - 1 for n in sink.writes.values() if n > 1)
     return Outcome(name, executor.now, executor.loads, executor.tasks, executor.busy_seconds, executor.executed,
-                   needed, executor.departures, done, duplicated)
+                   needed, executor.departures, done, duplicated, executor.handoffs)
 
 
 @dataclass(frozen=True)
 class LowerBound:
     """No schedule can beat any of these (seconds); `value` is the largest.
 
-    work      all work / all true speed
-    eligible  for each job, the work of jobs that fit only where it fits, over those nodes' speed
-    sample    the longest single sample on the fastest node that holds it (after its arrival)
-    Work per sample is counted at the largest batch any node holds, with no load, transfer or
-    hand-off, so the bound is never above the true optimum.
+    The work is cut into items that a schedule may spread over nodes however it likes (migration
+    included): each job's denoising (its samples times its steps, in sample-steps) and its decodes
+    (one per sample). Item i costs c[n][i] seconds per unit on node n at that node's best batch and
+    memory mode (the cheapest per unit of every batch up to the job's samples and mode that fit its
+    budget, streamed offload counted, at its true speed), and only nodes that hold a sample are
+    eligible. If node n works T_n <= T seconds, then for any weights y on the nodes (y >= 0, sum 1):
+
+        T >= sum_n y_n T_n >= sum_i amount_i * min over eligible n of y_n * c[n][i]
+
+    (weak duality of the fractional assignment problem), so every y gives a bound:
+
+    work      y proportional to true speed: total work over total speed at each node's best batch
+    eligible  the same over each job's eligible nodes only, counting the jobs that fit only there
+    weighted  the best y a short exponentiated-gradient ascent from those finds (the LP bound)
+    sample    a job's arrival plus its longest sample with every step and the decode on its
+              fastest eligible node at batch 1 (a sample is never split across steps in parallel)
+
+    Loads, hand-offs, offload transfers and dispatch are left out, so the bound is never above the
+    true optimum (tests/test_lower_bound.py checks it against brute force on small cases).
     """
 
     work: float
     eligible: float
+    weighted: float
     sample: float
 
     @property
     def value(self) -> float:
-        return max(self.work, self.eligible, self.sample)
+        return max(self.work, self.eligible, self.weighted, self.sample)
 
 
-def sample_work(job: SimJob, nodes: Sequence[SimNode]) -> float:
-    """Reference-seconds of one sample at the most efficient batch any node holds."""
-    fits = [costmodel.best_fit(job.shape, n.info.vram_gib, job.samples) for n in nodes]
-    batch = max(f.batch for f in fits if f is not None)
-    step = reference_step_seconds(job.shape, batch) / batch
-    return job.steps * step + reference_decode_seconds(job.shape, 1, tiled=False)
+def unit_seconds(job: SimJob, node: SimNode) -> tuple[float, float] | None:
+    """(seconds per sample-step, seconds per decoded sample) of the job on the node at its best batch
+    and memory mode; None when not one sample fits its budget."""
+    step = decode = float("inf")
+    for mode in costmodel.MODES:
+        cap = costmodel.max_batch(job.shape, node.info.vram_gib, mode, job.samples)
+        if cap == 0:
+            continue
+        streamed = streamed_step_seconds(job.shape) if mode.streamed else 0.0
+        for batch in range(1, cap + 1):
+            step = min(step, (reference_step_seconds(job.shape, batch) / node.true_speed + streamed) / batch)
+        decode = min(decode, reference_decode_seconds(job.shape, 1, mode.tiled) / node.true_speed)
+    return None if step == float("inf") else (step, decode)
 
 
-def lower_bound(nodes: Sequence[SimNode], jobs: Sequence[SimJob]) -> LowerBound:
-    eligible = {j.job_id: frozenset(n.info.name for n in nodes if costmodel.best_fit(j.shape, n.info.vram_gib, 1))
-                for j in jobs}
-    speed = {n.info.name: n.true_speed for n in nodes}
-    work = {j.job_id: sample_work(j, nodes) for j in jobs}
-    total = sum(work[j.job_id] * j.samples for j in jobs) / sum(speed.values())
-    by_set = max(
-        sum(work[j.job_id] * j.samples for j in jobs if eligible[j.job_id] <= eligible[j0.job_id])
-        / sum(speed[n] for n in eligible[j0.job_id])
-        for j0 in jobs
-    )
-    longest = max(j.arrival + work[j.job_id] / max(speed[n] for n in eligible[j.job_id]) for j in jobs)
-    return LowerBound(total, by_set, longest)
+def sample_seconds(job: SimJob, node: SimNode) -> float | None:
+    """Seconds of one sample alone (batch 1) on the node in its fastest mode; None when it does not fit."""
+    best = None
+    for mode in costmodel.MODES:
+        if costmodel.max_batch(job.shape, node.info.vram_gib, mode, 1) == 0:
+            continue
+        streamed = streamed_step_seconds(job.shape) if mode.streamed else 0.0
+        t = job.steps * (reference_step_seconds(job.shape, 1) / node.true_speed + streamed)
+        t += reference_decode_seconds(job.shape, 1, mode.tiled) / node.true_speed
+        best = t if best is None else min(best, t)
+    return best
+
+
+def weighted_bound(amounts: Sequence[float], costs: Sequence[Sequence[float]], y: Sequence[float]) -> float:
+    """sum_i amount_i * min_n y_n * costs[n][i] (an infinite cost: not eligible)."""
+    return sum(a * min(y[n] * costs[n][i] for n in range(len(y)) if costs[n][i] < math.inf)
+               for i, a in enumerate(amounts))
+
+
+def lower_bound(nodes: Sequence[SimNode], jobs: Sequence[SimJob], rounds: int = 300) -> LowerBound:
+    """The bounds of `LowerBound` for `jobs` (all fitting some node) on `nodes`."""
+    units = [[unit_seconds(j, n) for j in jobs] for n in nodes]
+    inf = float("inf")
+    costs = [[c[0] if c else inf for c in row] + [c[1] if c else inf for c in row] for row in units]
+    amounts = [j.samples * j.steps for j in jobs] + [j.samples for j in jobs]
+    speeds = [n.true_speed for n in nodes]
+
+    def normal(weights: Sequence[float]) -> list[float]:
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    work = weighted_bound(amounts, costs, normal(speeds))
+    starts = [normal(speeds)]
+    for j in range(len(jobs)):
+        eligible = [units[n][j] is not None for n in range(len(nodes))]
+        starts.append(normal([s if ok else 0.0 for s, ok in zip(speeds, eligible)]))
+    eligible_bound = max(weighted_bound(amounts, costs, y) for y in starts)
+    best = max(starts, key=lambda y: weighted_bound(amounts, costs, y))
+    y = normal([w + 1e-3 / len(nodes) for w in best])  # every node keeps some weight, so it can grow
+    weighted = weighted_bound(amounts, costs, best)
+    for k in range(rounds):
+        # a subgradient: the cost each node carries where it is the cheapest weighted choice
+        grad = [0.0] * len(nodes)
+        for i, a in enumerate(amounts):
+            n = min((m for m in range(len(nodes)) if costs[m][i] < math.inf), key=lambda m: y[m] * costs[m][i])
+            grad[n] += a * costs[n][i]
+        value = sum(y[n] * grad[n] for n in range(len(nodes)))
+        weighted = max(weighted, value)
+        rate = 2.0 / (k + 10) ** 0.5
+        top = max(grad)
+        y = normal([w * math.exp(rate * g / top) for w, g in zip(y, grad)])
+    longest = max(j.arrival + min(t for n in nodes if (t := sample_seconds(j, n)) is not None) for j in jobs)
+    return LowerBound(work, eligible_bound, weighted, longest)

@@ -19,7 +19,7 @@ from textual.worker import get_current_worker
 from farm.api.downloads import save_outputs
 from farm.contracts.control import FarmService, JobView
 from tui.controls import JOB_BINDINGS, JobControls, farm_app
-from tui.format import bar, duration, event_line, status_text
+from tui.format import bar, duration, event_line, plain, status_text
 from tui.screens.base import LiveScreen
 from tui.segment_bars import sample_bars
 from tui.store import Changes
@@ -38,16 +38,16 @@ def job_facts(job: JobView) -> Table:
     table.add_column()
     table.add_column(style="dim")
     table.add_column()
-    table.add_row("State", status_text(str(job.status)), "Owner", spec.owner)
-    table.add_row("Model", spec.model, "Priority", str(spec.priority))
+    table.add_row("State", status_text(str(job.status)), "Owner", plain(spec.owner))
+    table.add_row("Model", plain(spec.model), "Priority", str(spec.priority))
     table.add_row("Size", f"{spec.width}×{spec.height}" + (f"×{spec.frames}f" if spec.frames > 1 else ""),
-                  "Sampler", f"{spec.sampler}, {spec.steps} steps, guidance {spec.guidance:g}")
+                  "Sampler", plain(f"{spec.sampler}, {spec.steps} steps, guidance {spec.guidance:g}"))
     progress = bar(job.progress, 24).append(f" {job.samples_done}/{job.samples_total} samples")
     table.add_row("Progress", progress, "ETA", duration(job.eta_s))
     shares = ", ".join(f"{s.node} {s.steps}" for s in job.shares)
-    table.add_row("Sample-steps by node", shares or "–", "Queue place", str(job.position or "–"))
+    table.add_row("Sample-steps by node", plain(shares or "–"), "Queue place", str(job.position or "–"))
     if job.error:
-        table.add_row("Error", Text(job.error, style="red"), "", "")
+        table.add_row("Error", plain(job.error, style="red"), "", "")
     return table
 
 
@@ -88,7 +88,7 @@ class JobDetailScreen(JobControls, LiveScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#job-facts").border_title = self.job_id
+        self.query_one("#job-facts").border_title = plain(self.job_id)
         self.query_one("#job-samples").border_title = "Samples"
         self.query_one("#job-log").border_title = "Events"
         for thumb in self.query(".thumb"):

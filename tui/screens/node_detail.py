@@ -9,7 +9,7 @@ from textual.widgets import Footer, Header, RichLog, Static
 
 from farm.contracts.control import NodeView
 from tui.controls import NODE_BINDINGS, NodeControls
-from tui.format import event_line
+from tui.format import event_line, plain
 from tui.node_card import card_body
 from tui.screens.base import LiveScreen
 from tui.store import Changes
@@ -23,9 +23,11 @@ def rules_table(view: NodeView) -> Table:
     table.add_column()
     cap = f"{policy.vram_cap_gib:g} GiB of {view.info.vram_gib:g}" if policy.vram_cap_gib is not None else "none"
     table.add_row("VRAM cap", cap)
-    table.add_row("Active hours", policy.active_hours or "always")
-    table.add_row("Pause for programs", ", ".join(policy.pause_programs) or "none")
+    table.add_row("Active hours", plain(policy.active_hours or "always"))
+    table.add_row("Pause for programs", plain(", ".join(policy.pause_programs) or "none"))
     table.add_row("Pause when another GPU process runs", "yes" if policy.pause_on_other_gpu_process else "no")
+    table.add_row("Models it takes", plain(", ".join(view.allow_models) or "every model")
+                  + (plain(f" except {', '.join(view.deny_models)}") if view.deny_models else ""))
     return table
 
 
@@ -33,9 +35,10 @@ def facts_table(view: NodeView) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="dim")
     table.add_column()
-    table.add_row("State", str(view.status) + (f" ({view.pause_reason})" if view.pause_reason else ""))
+    table.add_row("State", plain(str(view.status) + (f" ({view.pause_reason})" if view.pause_reason else "")))
     table.add_row("Speed", f"{view.info.speed:g}× reference" + (" (simulated)" if view.info.simulated else ""))
-    table.add_row("Loaded models", ", ".join(view.loaded) or "none")
+    table.add_row("Loaded models", plain(", ".join(view.loaded) or "none"))
+    table.add_row("Synced to its disk", plain(", ".join(view.stored) or "none"))
     return table
 
 

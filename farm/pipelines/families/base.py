@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,10 @@ from diffusers import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from farm.contracts.domain import JobSpec, Sample
+from farm.contracts.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass
@@ -78,6 +83,19 @@ class Family(ABC):
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         """The baseline: one ordinary pipeline call for these samples, as 8-bit RGB like `decode`."""
 
+    def image_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
+                      image: Image.Image, generators: list[torch.Generator], scheduler: SchedulerMixin,
+                      configs: dict[str, dict]) -> torch.Tensor:
+        """img2img: set `scheduler` up for `job.steps` begun at `job.first_step`, encode `image` with
+        the VAE of `pipe` (the decode stage's) and noise it to that step, drawing from `generators`
+        as the family's img2img pipeline does. Families without img2img refuse the init image."""
+        raise InvalidInput("init_image", f"not supported by {self.name} models (img2img: sd15, sdxl, flux)")
+
+    def plain_image(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...],
+                    image: Image.Image) -> list[np.ndarray]:
+        """The img2img baseline: one call of the family's diffusers img2img pipeline, made from `pipe`."""
+        raise InvalidInput("init_image", f"not supported by {self.name} models (img2img: sd15, sdxl, flux)")
+
     def spatial_latents(self, live: Live) -> torch.Tensor:
         """(B, C, H, W) latents for a preview: as they are for images, the middle frame for videos.
         Families with packed latents (token sequences) unpack them here."""
@@ -111,6 +129,15 @@ def plain_call(pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...
         output_type="np",
         **extra,
     )
+
+
+def begin_at(scheduler: SchedulerMixin, job: JobSpec) -> torch.Tensor:
+    """Start a set-up scheduler at the job's first step, as the img2img pipelines' `get_timesteps`
+    does; returns the first timestep that runs (the one the init latents are noised to), as (1,)."""
+    start = job.first_step * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:start + 1]
 
 
 def cpu_generators(samples: tuple[Sample, ...]) -> list[torch.Generator]:

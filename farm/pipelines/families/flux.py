@@ -19,17 +19,19 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    FluxImg2ImgPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
 )
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import get_module_execution_device
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
+from farm.pipelines.families.base import Family, Live, begin_at, cpu_generators, plain_call, to_uint8
 from farm.pipelines.tiny import MAX_TOKENS, build_t5_tokenizer, build_tokenizer
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens; the pipeline's default (Flux.1-dev)
@@ -155,4 +157,34 @@ class Flux(Family):
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
         pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
         out = plain_call(pipe, job, samples, guidance_scale=job.guidance)
+        return [to_uint8(a) for a in out.images]
+
+    @torch.no_grad()
+    def image_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
+                      image: Image.Image, generators: list[torch.Generator], scheduler: SchedulerMixin,
+                      configs: dict[str, dict]) -> torch.Tensor:
+        # `FluxImg2ImgPipeline.__call__`: the shift from the packed size, `get_timesteps`, then
+        # `prepare_latents` (the image encoded with the first generator, each sample's noise drawn,
+        # the image latents scaled toward it by the flow-matching `scale_noise`, packed).
+        factor = pipe.vae_scale_factor
+        self.set_timesteps(pipe, job, scheduler, (0, (job.height // factor // 2) * (job.width // factor // 2)))
+        timestep = begin_at(scheduler, job).repeat(len(generators))
+        view = FluxImg2ImgPipeline.from_pipe(pipe)
+        view.scheduler = scheduler  # after __init__, which would rewrite its config (clip_sample)
+        pixels = view.image_processor.preprocess(image, height=job.height, width=job.width).to(torch.float32)
+        latents, image_ids = view.prepare_latents(pixels, timestep, len(generators),
+                                                  configs["transformer"]["in_channels"] // 4, job.height, job.width,
+                                                  cond["prompt_embeds"].dtype, pipe._execution_device, generators)
+        cond["latent_image_ids"] = image_ids
+        return latents
+
+    @torch.no_grad()
+    def plain_image(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...],
+                    image: Image.Image) -> list[np.ndarray]:
+        view = FluxImg2ImgPipeline.from_pipe(pipe)
+        view.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)  # as a user swaps samplers
+        view.set_progress_bar_config(disable=True)
+        out = view(prompt=[s.prompt for s in samples], image=image, strength=job.strength, height=job.height,
+                   width=job.width, num_inference_steps=job.steps, guidance_scale=job.guidance,
+                   generator=cpu_generators(samples), output_type="np", max_sequence_length=MAX_SEQUENCE_LENGTH)
         return [to_uint8(a) for a in out.images]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL import Image
 
 from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
+from farm.pipelines.conditioning import resized
+from farm.pipelines.families.base import Family, Live, begin_at, cpu_generators, plain_call, to_uint8
 from farm.pipelines.tiny import build_demo_pipeline
 
 
@@ -83,4 +85,31 @@ class SD15(Family):
         cfg = job.guidance > 1
         out = plain_call(pipe, job, samples, guidance_scale=job.guidance,
                          negative_prompt=[job.negative_prompt] * len(samples) if cfg else None)
+        return [to_uint8(a) for a in out.images]
+
+    @torch.no_grad()
+    def image_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
+                      image: Image.Image, generators: list[torch.Generator], scheduler: SchedulerMixin,
+                      configs: dict[str, dict]) -> torch.Tensor:
+        # `StableDiffusionImg2ImgPipeline.__call__`: timesteps, `get_timesteps`, then `prepare_latents`
+        # (each sample's image encoded with its own generator, then its noise drawn).
+        self.set_timesteps(pipe, job, scheduler, ())
+        timestep = begin_at(scheduler, job).repeat(len(generators))
+        view = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        view.scheduler = scheduler  # after __init__, which would rewrite its config (clip_sample)
+        pixels = view.image_processor.preprocess(resized(image, job.width, job.height))
+        return view.prepare_latents(pixels, timestep, len(generators), 1, cond["prompt_embeds"].dtype,
+                                    pipe._execution_device, generators)
+
+    @torch.no_grad()
+    def plain_image(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...],
+                    image: Image.Image) -> list[np.ndarray]:
+        view = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        view.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)  # as a user swaps samplers
+        view.set_progress_bar_config(disable=True)
+        cfg = job.guidance > 1
+        out = view(prompt=[s.prompt for s in samples], image=resized(image, job.width, job.height),
+                   strength=job.strength, num_inference_steps=job.steps, guidance_scale=job.guidance,
+                   negative_prompt=[job.negative_prompt] * len(samples) if cfg else None,
+                   generator=cpu_generators(samples), output_type="np")
         return [to_uint8(a) for a in out.images]

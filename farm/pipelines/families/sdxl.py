@@ -29,6 +29,7 @@ from diffusers import (
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import get_module_execution_device
+from PIL import Image
 from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
@@ -40,7 +41,8 @@ from transformers import (
 
 from farm.contracts.domain import JobSpec, Sample
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, cpu_generators, to_uint8
+from farm.pipelines.conditioning import resized
+from farm.pipelines.families.base import Family, Live, begin_at, cpu_generators, to_uint8
 from farm.pipelines.tiny import MAX_TOKENS, build_tokenizer
 
 # The img2img pipeline's defaults, which the plain refiner call uses (the aesthetic-score time ids).
@@ -248,6 +250,32 @@ class SDXL(Family):
         return [to_uint8(a) for a in out.images]
 
 
+    @torch.no_grad()
+    def image_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
+                      image: Image.Image, generators: list[torch.Generator], scheduler: SchedulerMixin,
+                      configs: dict[str, dict]) -> torch.Tensor:
+        # `StableDiffusionXLImg2ImgPipeline.__call__` without `denoising_start`: timesteps,
+        # `get_timesteps`, `prepare_latents(add_noise=True)`. Its size ids for the base (no aesthetic
+        # score) are the text-to-image ones the encode stage made.
+        scheduler.set_timesteps(job.steps, device=pipe._execution_device)
+        timestep = begin_at(scheduler, job).repeat(len(generators))
+        view = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+        view.scheduler = scheduler  # after __init__, which would rewrite its config (clip_sample)
+        pixels = view.image_processor.preprocess(resized(image, job.width, job.height))
+        return view.prepare_latents(pixels, timestep, len(generators), 1, cond["prompt_embeds"].dtype,
+                                    pipe._execution_device, generators, add_noise=True)
+
+    @torch.no_grad()
+    def plain_image(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...],
+                    image: Image.Image) -> list[np.ndarray]:
+        view = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+        view.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)  # as a user swaps samplers
+        view.set_progress_bar_config(disable=True)
+        out = view(**self._call_args(job, samples), image=resized(image, job.width, job.height),
+                   strength=job.strength, generator=cpu_generators(samples), output_type="np")
+        return [to_uint8(a) for a in out.images]
+
+
 class SDXLRefined(SDXL):
     """SDXL base then refiner: stage "denoise" runs the base UNet before the cut, "refine" the refiner
     after it. The encode stage conditions both, so the checkpoint carries both."""
@@ -255,6 +283,9 @@ class SDXLRefined(SDXL):
     name = "sdxl_refiner"
     pipeline_class = StableDiffusionXLRefinedPipeline
     stages = {**SDXL.stages, "refine": ("refiner",)}
+    # The refiner is already an img2img pass over the base's latents: no init image on top of it.
+    image_latents = Family.image_latents
+    plain_image = Family.plain_image
 
     def build_tiny(self, seed: int = 0) -> DiffusionPipeline:
         return StableDiffusionXLRefinedPipeline(**tiny_components(seed, refiner=True))

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("model", "prompts", "seeds", "seed", "steps", "width", "height", "guidance", "sampler", "negative_prompt", "priority", "owner", "frames")
+    __slots__ = ("model", "prompts", "seeds", "seed", "steps", "width", "height", "guidance", "sampler", "negative_prompt", "priority", "owner", "frames", "loras")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class JobSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompts: _containers.RepeatedScalarFieldContainer[str]
     seeds: int
@@ -35,7 +36,20 @@ class JobSpec(_message.Message):
     priority: int
     owner: str
     frames: int
-    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., seeds: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., guidance: _Optional[float] = ..., sampler: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., frames: _Optional[int] = ...) -> None: ...
+    loras: _containers.RepeatedCompositeFieldContainer[Lora]
+    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., seeds: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., guidance: _Optional[float] = ..., sampler: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., frames: _Optional[int] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ...) -> None: ...
+
+class Lora(_message.Message):
+    __slots__ = ("name", "weight", "sha256", "short_hash")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SHORT_HASH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: float
+    sha256: str
+    short_hash: str
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ..., sha256: _Optional[str] = ..., short_hash: _Optional[str] = ...) -> None: ...
 
 class ShardView(_message.Message):
     __slots__ = ("id", "home", "samples", "bounds", "step", "node", "memory_mode")
@@ -122,7 +136,7 @@ class NodeInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., vram_gib: _Optional[float] = ..., speed: _Optional[float] = ..., gpu: _Optional[str] = ..., simulated: _Optional[bool] = ...) -> None: ...
 
 class NodeView(_message.Message):
-    __slots__ = ("info", "status", "segment", "segment_step", "segment_total", "vram_used_gib", "utilization", "temperature_c", "power_w", "loaded", "policy", "pause_reason")
+    __slots__ = ("info", "status", "segment", "segment_step", "segment_total", "vram_used_gib", "utilization", "temperature_c", "power_w", "loaded", "policy", "pause_reason", "stored", "allow_models", "deny_models")
     INFO_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +149,9 @@ class NodeView(_message.Message):
     LOADED_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     PAUSE_REASON_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MODELS_FIELD_NUMBER: _ClassVar[int]
+    DENY_MODELS_FIELD_NUMBER: _ClassVar[int]
     info: NodeInfo
     status: str
     segment: str
@@ -147,7 +164,10 @@ class NodeView(_message.Message):
     loaded: _containers.RepeatedScalarFieldContainer[str]
     policy: _agent_pb2.OwnerPolicy
     pause_reason: str
-    def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ..., status: _Optional[str] = ..., segment: _Optional[str] = ..., segment_step: _Optional[int] = ..., segment_total: _Optional[int] = ..., vram_used_gib: _Optional[float] = ..., utilization: _Optional[float] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ..., loaded: _Optional[_Iterable[str]] = ..., policy: _Optional[_Union[_agent_pb2.OwnerPolicy, _Mapping]] = ..., pause_reason: _Optional[str] = ...) -> None: ...
+    stored: _containers.RepeatedScalarFieldContainer[str]
+    allow_models: _containers.RepeatedScalarFieldContainer[str]
+    deny_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ..., status: _Optional[str] = ..., segment: _Optional[str] = ..., segment_step: _Optional[int] = ..., segment_total: _Optional[int] = ..., vram_used_gib: _Optional[float] = ..., utilization: _Optional[float] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ..., loaded: _Optional[_Iterable[str]] = ..., policy: _Optional[_Union[_agent_pb2.OwnerPolicy, _Mapping]] = ..., pause_reason: _Optional[str] = ..., stored: _Optional[_Iterable[str]] = ..., allow_models: _Optional[_Iterable[str]] = ..., deny_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "time", "kind", "job_id", "node", "message")
@@ -214,14 +234,20 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsReply(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobView]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobView, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobView, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SetPriorityRequest(_message.Message):
     __slots__ = ("job_id", "priority")
@@ -312,3 +338,27 @@ class RotateTokenReply(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     token: str
     def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class IssueUserTokenRequest(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    def __init__(self, user: _Optional[str] = ...) -> None: ...
+
+class IssueUserTokenReply(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class RayTokenRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RayTokenReply(_message.Message):
+    __slots__ = ("ray_address", "ray_token")
+    RAY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RAY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ray_address: str
+    ray_token: str
+    def __init__(self, ray_address: _Optional[str] = ..., ray_token: _Optional[str] = ...) -> None: ...

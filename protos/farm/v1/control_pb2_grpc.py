@@ -59,6 +59,11 @@ class FarmControlStub:
                 request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.JobRef.SerializeToString,
                 response_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.Ack.FromString,
                 _registered_method=True)
+        self.RemoveJob = channel.unary_unary(
+                '/protos.farm.v1.FarmControl/RemoveJob',
+                request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.JobRef.SerializeToString,
+                response_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.Ack.FromString,
+                _registered_method=True)
         self.SetPriority = channel.unary_unary(
                 '/protos.farm.v1.FarmControl/SetPriority',
                 request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.SetPriorityRequest.SerializeToString,
@@ -129,6 +134,16 @@ class FarmControlStub:
                 request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.NodeRef.SerializeToString,
                 response_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.Ack.FromString,
                 _registered_method=True)
+        self.IssueUserToken = channel.unary_unary(
+                '/protos.farm.v1.FarmControl/IssueUserToken',
+                request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.IssueUserTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.IssueUserTokenReply.FromString,
+                _registered_method=True)
+        self.RayToken = channel.unary_unary(
+                '/protos.farm.v1.FarmControl/RayToken',
+                request_serializer=protos_dot_farm_dot_v1_dot_control__pb2.RayTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.RayTokenReply.FromString,
+                _registered_method=True)
 
 
 class FarmControlServicer:
@@ -160,6 +175,13 @@ class FarmControlServicer:
 
     def CancelJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveJob(self, request, context):
+        """forget a done, failed or cancelled job; its files stay
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -248,6 +270,18 @@ class FarmControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueUserToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RayToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FarmControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -273,6 +307,11 @@ def add_FarmControlServicer_to_server(servicer, server):
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
+                    request_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.JobRef.FromString,
+                    response_serializer=protos_dot_farm_dot_v1_dot_control__pb2.Ack.SerializeToString,
+            ),
+            'RemoveJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveJob,
                     request_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.JobRef.FromString,
                     response_serializer=protos_dot_farm_dot_v1_dot_control__pb2.Ack.SerializeToString,
             ),
@@ -345,6 +384,16 @@ def add_FarmControlServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.NodeRef.FromString,
                     response_serializer=protos_dot_farm_dot_v1_dot_control__pb2.Ack.SerializeToString,
+            ),
+            'IssueUserToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueUserToken,
+                    request_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.IssueUserTokenRequest.FromString,
+                    response_serializer=protos_dot_farm_dot_v1_dot_control__pb2.IssueUserTokenReply.SerializeToString,
+            ),
+            'RayToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RayToken,
+                    request_deserializer=protos_dot_farm_dot_v1_dot_control__pb2.RayTokenRequest.FromString,
+                    response_serializer=protos_dot_farm_dot_v1_dot_control__pb2.RayTokenReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +529,33 @@ class FarmControl:
             request,
             target,
             '/protos.farm.v1.FarmControl/CancelJob',
+            protos_dot_farm_dot_v1_dot_control__pb2.JobRef.SerializeToString,
+            protos_dot_farm_dot_v1_dot_control__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/protos.farm.v1.FarmControl/RemoveJob',
             protos_dot_farm_dot_v1_dot_control__pb2.JobRef.SerializeToString,
             protos_dot_farm_dot_v1_dot_control__pb2.Ack.FromString,
             options,
@@ -860,6 +936,60 @@ class FarmControl:
             '/protos.farm.v1.FarmControl/RemoveNode',
             protos_dot_farm_dot_v1_dot_control__pb2.NodeRef.SerializeToString,
             protos_dot_farm_dot_v1_dot_control__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueUserToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/protos.farm.v1.FarmControl/IssueUserToken',
+            protos_dot_farm_dot_v1_dot_control__pb2.IssueUserTokenRequest.SerializeToString,
+            protos_dot_farm_dot_v1_dot_control__pb2.IssueUserTokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RayToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/protos.farm.v1.FarmControl/RayToken',
+            protos_dot_farm_dot_v1_dot_control__pb2.RayTokenRequest.SerializeToString,
+            protos_dot_farm_dot_v1_dot_control__pb2.RayTokenReply.FromString,
             options,
             channel_credentials,
             insecure,
