@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from farm.cli import cluster
@@ -14,6 +16,7 @@ class FakeHead:
     def __init__(self, config, gpus) -> None:  # type: ignore[no-untyped-def]
         self.config, self.port, self.http = config, 7070, None
         self.folder = config.home / "head"
+        self.ray_connected = threading.Event()
 
     def start(self) -> None: ...
 
@@ -27,7 +30,7 @@ class FakeHead:
 def fake_head(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("FARM_HOME", str(tmp_path))
     monkeypatch.setattr("farm.cli.head.Head", FakeHead)
-    monkeypatch.setattr(cluster, "_serve_until_stopped", lambda start, stop: (start(), stop()))
+    monkeypatch.setattr(cluster, "_serve_until_stopped", lambda start, stop, rearm=None: (start(), stop()))
 
 
 def test_no_default_route_is_refused_with_one_line(fake_head: None, monkeypatch: pytest.MonkeyPatch,
