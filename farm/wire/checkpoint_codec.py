@@ -13,6 +13,7 @@ import msgpack
 
 from farm.contracts.errors import CheckpointError
 from farm.wire.checkpoint import Checkpoint, RawTensor, StateValue
+from farm.wire.envelope import open_envelope
 
 FORMAT = "farm.checkpoint"
 VERSION = 1
@@ -85,21 +86,8 @@ def _state_value(key: str, value: Any, depth: int = 0) -> StateValue:
 
 def decode(payload: bytes, max_bytes: int = MAX_BYTES) -> Checkpoint:
     """msgpack bytes to a Checkpoint, or CheckpointError naming what is wrong."""
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise CheckpointError(f"checkpoint: expected bytes, got {type(payload).__name__}")
-    if len(payload) > max_bytes:
-        raise CheckpointError(f"checkpoint: {len(payload)} bytes is over the {max_bytes} byte limit")
-    try:
-        body = msgpack.unpackb(bytes(payload), raw=False, ext_hook=_ext_hook, strict_map_key=True)
-    except CheckpointError:
-        raise
-    except Exception as e:  # msgpack raises several unrelated types for bad input; all mean "not a checkpoint"
-        raise CheckpointError(f"checkpoint: not a valid msgpack payload ({type(e).__name__}: {e})") from None
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise CheckpointError("checkpoint: not a farm checkpoint")
-    if body.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint: format version {body.get('version')!r} is not supported "
-                              f"(this farm reads {VERSION})")
+    body = open_envelope(payload, noun="checkpoint", fmt=FORMAT, version=VERSION, max_bytes=max_bytes,
+                         ext_hook=_ext_hook, error=CheckpointError, accepted=(bytes, bytearray, memoryview))
     seeds = _need(body, "seeds", list)
     rng = _need(body, "rng_states", list)
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):

@@ -23,6 +23,7 @@ import msgpack
 from farm.contracts.domain import JobSpec, SegmentResult
 from farm.contracts.errors import FarmError
 from farm.wire.checkpoint_codec import MAX_BYTES as CHECKPOINT_MAX_BYTES
+from farm.wire.envelope import open_envelope
 
 FORMAT = "farm.result"
 VERSION = 1
@@ -117,20 +118,8 @@ def _image(i: int, record: Any, shape: tuple[int, ...]) -> bytes:
 def decode(payload: object, image_shape: tuple[int, ...], max_bytes: int = MAX_BYTES) -> SegmentResult | NodeError:
     """Reply bytes to a `SegmentResult` (or the node's `NodeError`); `ResultError` for anything else.
     `image_shape` is what the job's images must be (frames, height, width, 3)."""
-    if not isinstance(payload, bytes):
-        raise ResultError(f"result: expected bytes, got {type(payload).__name__}")
-    if len(payload) > max_bytes:
-        raise ResultError(f"result: {len(payload)} bytes (allowed: 0 to {max_bytes})")
-    try:
-        body = msgpack.unpackb(payload, raw=False, ext_hook=_refuse_ext, strict_map_key=True)
-    except ResultError:
-        raise
-    except Exception as e:  # msgpack raises several unrelated types for bad input; all mean "not a reply"
-        raise ResultError(f"result: not a valid msgpack reply ({type(e).__name__})") from None
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise ResultError("result: not a farm result")
-    if body.get("version") != VERSION:
-        raise ResultError(f"result: format version {str(body.get('version'))[:20]} (allowed: {VERSION})")
+    body = open_envelope(payload, noun="result", fmt=FORMAT, version=VERSION, max_bytes=max_bytes,
+                         ext_hook=_refuse_ext, error=ResultError)
     keys = {"ok": _OK_KEYS, "error": _ERROR_KEYS}.get(body.get("kind"))  # type: ignore[arg-type]
     if keys is None:
         raise ResultError(f"result: kind {str(body.get('kind'))[:20]!r} (allowed: ok, error)")
