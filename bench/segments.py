@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from farm.jobs.catalog import MODELS
+from farm.jobs.init_image import IMAGE_REQUIRED
 from farm.jobs.jobspec import make_job
 from farm.pipelines import schedulers
 from farm.pipelines.engine import Engine
@@ -73,8 +74,8 @@ def handoff(engine: Engine, live, job) -> float:
 def tiny_rows() -> list[tuple[str, float, float, int]]:
     rows = []
     for name, info in MODELS.items():
-        if info.family not in FAMILIES or info.bundled:
-            continue
+        if info.family not in FAMILIES or info.bundled or info.family in IMAGE_REQUIRED:
+            continue  # image-to-video checkpoints hand off as their text-to-video models do
         family = get_family(info.family)
         job = make_job(model=name, prompts=["a red circle on a blue background"], steps=4,
                        frames=min(info.max_frames, 9))

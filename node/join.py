@@ -2,9 +2,11 @@
 
 First contact is pinned: the head's certificate must match the pin inside the join token before the
 token is sent (`farm.cluster.pki.fetch_pinned_cert`). The PC keeps its private key, sends a certificate
-request, and gets back its certificate, the farm CA, its node token and the Ray address and token.
-It then serves its `NodeAgent` with that certificate and keeps its Ray worker running, with Ray's TLS
-on the same certificate (off loopback).
+request, and gets back its certificate, the farm CA, its node token and what its Ray worker needs: the
+Ray address and token, and (for the same key) a Ray certificate from the current Ray CA with that CA.
+It then serves its `NodeAgent` with its farm certificate and keeps its Ray worker running, with Ray's
+TLS on its Ray certificate (off loopback). Each restart of the worker asks the head for these again:
+a removal of another PC starts a new Ray epoch (token and Ray CA).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from farm.api.auth import bearer
 from farm.api.control_client import FarmClient, open_channel, split_address
 from farm.api.convert import node_name
 from farm.api.models_client import HeadModels
-from farm.cluster.membership import JoinGrant
+from farm.cluster.membership import JoinGrant, RayCredentials
 from farm.cluster.pki import TlsIdentity, fetch_pinned_cert, is_loopback, new_key_and_csr, write_private
 from farm.cluster.tokens import pin_of
 from farm.contracts.control import OwnerPolicy
@@ -144,26 +146,27 @@ class JoinedNode:
         worker = None
         if self.cfg.start_worker:
             ray_host, _ = split_address(self.grant.ray_address, 0)
-            tls = None if is_loopback(ray_host) else RayTls.write(self.folder, key_pem, self.grant.cert_pem,
-                                                                 self.grant.ca_pem)
             grant = self.grant
 
-            def command(address: str, ray_token: str) -> WorkerCommand:
-                return ray_start_command(address, grant.nodes, ray_token, node_ip=self.cfg.advertise or None,
+            def command(ray: RayCredentials) -> WorkerCommand:
+                """The worker's command, its TLS files (0600) written for this epoch's certificate and CA."""
+                tls = None if is_loopback(ray_host) else RayTls.write(self.folder, key_pem, ray.cert_pem, ray.ca_pem)
+                return ray_start_command(ray.address, grant.nodes, ray.token, node_ip=self.cfg.advertise or None,
                                          ray=self.cfg.ray, wrapper=self.cfg.wrapper,
                                          ports_from=self.cfg.ray_ports_from, tls=tls)
 
             def current() -> WorkerCommand:
-                """Ray's token as the head has it now (a removal of another PC rotates it)."""
+                """Ray's token, this PC's Ray certificate and the Ray CA as the head has them now (a removal of
+                another PC starts a new epoch)."""
                 head, port = split_address(self.cfg.head, HEAD_PORT)
                 client = FarmClient(open_channel(head, port, grant.ca_pem), grant.node_token,
                                     where=f"the head at {head}:{port}")
                 try:
-                    return command(*client.ray_token())
+                    return command(client.ray_credentials())
                 finally:
                     client.close()
 
-            worker = Supervisor(command(grant.ray_address, grant.ray_token), self.folder / "ray-worker.log",
+            worker = Supervisor(command(grant.ray), self.folder / "ray-worker.log",
                                 refresh=current, precheck=lambda: ray_port_problem(grant.ray_address))
         self.agent = Agent(self.probe, self.cfg.policy, worker)
         self.agent.tick()

@@ -64,9 +64,10 @@ QUIET_RAY = {
 
 @dataclass(frozen=True)
 class RayTls:
-    """Ray's TLS between PCs (`RAY_USE_TLS`): this PC's key and certificate from the farm CA, and the
-    CA, as the files Ray reads. Every Ray connection is then mutual TLS checked against the farm CA,
-    so the Ray token and the work (prompts, checkpoints) never cross the LAN in clear."""
+    """Ray's TLS between PCs (`RAY_USE_TLS`): this PC's key and its certificate from the current Ray CA,
+    and that CA, as the files Ray reads. Every Ray connection is then mutual TLS checked against the Ray
+    CA, so the Ray token and the work (prompts, checkpoints) never cross the LAN in clear, and a PC
+    removed from the farm (its certificate from an earlier Ray CA) fails every handshake."""
 
     folder: Path
 

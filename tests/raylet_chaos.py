@@ -7,10 +7,12 @@ the middle of a segment. Writes report.json: both runs' outputs and event logs. 
 The kill must land while the victim is inside a segment, however loaded the machine is. Watching
 the coordinator's progress bar is not enough: step reports travel through a Ray queue and can
 arrive after the segment's result, so a kill timed on them can land once the segment has already
-finished (nothing is redone) or before it began. In the chaos run the victim's worker therefore
-holds after its first step past the start of a segment that resumes from a checkpoint, says so in a
-file, and waits there; the driver kills the raylet once that file names the segment the coordinator
-has the victim running.
+finished (nothing is redone) or before it began. In the chaos run the first worker to take a step
+past the start of a segment that resumes from a checkpoint therefore holds there, says so in a file
+and waits; the driver kills that node's raylet once the file names the segment the coordinator has
+the node running. The victim is whichever node gets there first, not a fixed one: the scheduler may
+move a shard off a node it measured slow on a loaded machine, and a fixed victim might then never
+run a resumed segment.
 """
 
 from __future__ import annotations
@@ -42,36 +44,40 @@ HOLD_S = 300.0
 
 
 class HeldVictim(SegmentWorker):
-    """The chaos run's worker (defined here, so Ray ships it by value). On the victim it runs each
-    step callback as usual (the step is reported) and then, in the first segment that resumes from
-    a checkpoint, once a step past the segment's start is done, writes `held` and stops there until
-    its raylet is killed with it: the segment must then resume elsewhere from that checkpoint."""
+    """The chaos run's worker (defined here, so Ray ships it by value). It runs each step callback
+    as usual (the step is reported); then, in a segment that resumes from a checkpoint, once a step
+    past the segment's start is done, the first node to get there claims `held` (created
+    exclusively: one victim), writes what it runs and stops there until its raylet is killed with
+    it: the segment must then resume elsewhere from that checkpoint."""
 
-    victim = ""
     held = ""
 
     def __init__(self, node: NodeInfo, home: str | None, events: object) -> None:
         super().__init__(node, home, events)  # type: ignore[arg-type]
-        if node.name == self.victim:
-            run, held = self.runner.run, Path(self.held)
+        run, held = self.runner.run, Path(self.held)
 
-            def run_then_hold(task: SegmentTask, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
-                def step_then_hold(step: int) -> None:
-                    if on_step is not None:
-                        on_step(step)
-                    if task.checkpoint is not None and step > task.start:
-                        part = held.with_suffix(".part")
-                        part.write_text(json.dumps({"shard": task.shard_id, "index": task.index, "start": task.start,
-                                                    "end": task.end, "step": step,
-                                                    "samples": [s.index for s in task.samples]}))
-                        part.replace(held)  # whole or absent for the driver that polls it
-                        deadline = time.monotonic() + HOLD_S
-                        while time.monotonic() < deadline:
-                            time.sleep(0.1)
+        def run_then_hold(task: SegmentTask, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
+            def step_then_hold(step: int) -> None:
+                if on_step is not None:
+                    on_step(step)
+                if task.checkpoint is None or step <= task.start:
+                    return
+                try:
+                    os.close(os.open(held.with_suffix(".claim"), os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    return  # another node is the victim
+                part = held.with_suffix(".part")
+                part.write_text(json.dumps({"node": node.name, "shard": task.shard_id, "index": task.index,
+                                            "start": task.start, "end": task.end, "step": step,
+                                            "samples": [s.index for s in task.samples]}))
+                part.replace(held)  # whole or absent for the driver that polls it
+                deadline = time.monotonic() + HOLD_S
+                while time.monotonic() < deadline:
+                    time.sleep(0.1)
 
-                return run(task, step_then_hold, should_stop)
+            return run(task, step_then_hold, should_stop)
 
-            self.runner.run = run_then_hold  # type: ignore[method-assign]
+        self.runner.run = run_then_hold  # type: ignore[method-assign]
 
 
 class RecordingExecutor(RayExecutor):
@@ -90,7 +96,7 @@ class RecordingExecutor(RayExecutor):
         return handle
 
 
-def main(root: Path, victim: str) -> None:
+def main(root: Path) -> None:
     nodes = simulated_nodes()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
     raylets = {n.name: cluster.add_node(num_cpus=1, resources={NODE_RESOURCE + n.name: NODE_SLOTS},
@@ -101,7 +107,7 @@ def main(root: Path, victim: str) -> None:
     job = make_job(prompts=["a red circle", "a blue square", "a green triangle"], seeds=2, steps=12)
     report: dict[str, object] = {}
     held = root / "held.json"
-    HeldVictim.victim, HeldVictim.held = victim, str(held)
+    HeldVictim.held = str(held)
     for run in ("calm", "chaos"):
         executor_module.SegmentWorker = HeldVictim if run == "chaos" else SegmentWorker  # type: ignore[misc]
         executor = RecordingExecutor(nodes, root / "home")
@@ -119,13 +125,13 @@ def main(root: Path, victim: str) -> None:
             if run != "chaos" or killed or not held.exists():
                 return
             at = json.loads(held.read_text())
-            view = next(v for v in c.list_nodes() if v.info.name == victim)
+            view = next(v for v in c.list_nodes() if v.info.name == at["node"])
             # The coordinator has recorded this very segment as started on the victim (it always has
             # by the time the worker runs it; checked so that the report can only name that one).
             if not view.segment.startswith(f"{at['shard']}#{at['index']} "):
                 return
             killed.update(segment=view.segment, held=at)
-            cluster.remove_node(raylets[victim], allow_graceful=False)  # the PC's raylet dies mid-segment
+            cluster.remove_node(raylets[at["node"]], allow_graceful=False)  # the PC's raylet dies mid-segment
 
         view = coordinator.render(job, on_tick=on_tick)
         report[run] = {
@@ -145,4 +151,4 @@ def main(root: Path, victim: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]))

@@ -3,6 +3,8 @@ server over TLS with the farm's own certificates, the token checks, TLS rejectio
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +15,7 @@ from cluster_harness import HARDWARE, Head
 from cryptography import x509
 from fake_farm import FakeFarm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 
 from farm.api.control_client import FarmClient, open_channel
 from farm.api.control_server import serve_control
@@ -22,7 +25,7 @@ from farm.cluster.pki import FarmCA, PinMismatch, fetch_pinned_cert, new_key_and
 from farm.contracts.control import NodeShare, NodeStatus, OwnerPolicy, ShardView
 from farm.contracts.domain import JobStatus
 from farm.contracts.errors import FarmError, InvalidInput, NotFound, PermissionDenied, Unauthenticated, Unreachable
-from farm.jobs.jobspec import make_job
+from farm.jobs.jobspec import load_job_request, make_job
 from protos.farm.v1 import control_pb2, control_pb2_grpc
 
 
@@ -196,6 +199,12 @@ def test_health_is_served_without_a_token(head: Head) -> None:
         ("PauseNode", control_pb2.NodeRef(name="../etc"), "name"),
         ("Join", control_pb2.JoinRequest(name="pc9", agent_address=":7071"), "hardware.gpus"),
         ("Join", control_pb2.JoinRequest(name="pc9", agent_address="nowhere"), "agent_address"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["a"], strength=0.5)),
+         "strength"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["a"]),
+                                             init_image=b"\x89PNG not really"), "init_image"),
+        ("Submit", control_pb2.SubmitRequest(spec=control_pb2.JobSpec(model="demo-tiny", prompts=["a"],
+                                                                      init_image="ab" * 32)), "spec.init_image"),
     ],
 )
 def test_bad_messages_are_invalid_argument_naming_the_field_and_lose_nothing(
@@ -245,3 +254,23 @@ def test_embedded_loopback_mode_needs_no_token() -> None:
             c.rotate_token()
     finally:
         server.stop(None)
+
+
+def test_submit_sends_a_job_files_init_image_once_and_the_head_keeps_its_hash(head: Head, tmp_path: Path) -> None:
+    """`farm submit` of an img2img job file: the image (a path relative to the file) travels with the
+    Submit, the head validates the job with it and stores the bytes under their hash."""
+    image = io.BytesIO()
+    Image.new("RGB", (64, 64), (35, 70, 225)).save(image, format="PNG")
+    (tmp_path / "in.png").write_bytes(image.getvalue())
+    job_file = tmp_path / "job.toml"
+    job_file.write_text('model = "demo-tiny"\nprompts = ["a red square"]\nsteps = 10\n'
+                        'init_image = "in.png"\nstrength = 0.6\n')
+    job_id = head.client().submit(load_job_request(job_file))
+    spec = head.client().get_job(job_id).spec
+    digest = hashlib.sha256(image.getvalue()).hexdigest()
+    assert (spec.init_image, spec.strength) == (digest, 0.6)
+    assert head.farm.init_images == {digest: image.getvalue()}
+    with pytest.raises(InvalidInput) as e:
+        job_file.write_text('model = "demo-tiny"\nprompts = ["a"]\nstrength = 0.6\n')
+        load_job_request(job_file)
+    assert e.value.field == "strength"

@@ -84,7 +84,8 @@ def cut_equals_uncut(folder: Path, sizes: dict[str, int], defaults: tuple[str, f
     latents are equal bit for bit (the tiny models' tests assert the same: one machine, the same
     thread count, the same weights and inputs). Returns the latents and the fresh engine's decoded
     output, after checking that the modules it ran are the full-size ones (`sizes`). `defaults`: the
-    sampler and guidance the farm gives this family's real models, which the job leaves to it."""
+    sampler and guidance the job runs with (the farm's defaults for the family's real models, unless
+    `job_fields` sets them)."""
     job = make_job(model=str(folder), prompts=["a red fox in the snow"], **job_fields)
     assert (job.sampler, job.guidance) == defaults
     total = schedulers.evaluations(job.sampler, job.steps)
@@ -138,10 +139,11 @@ def test_wan21_1_3b_fullsize_cut_equals_uncut(folder: Path) -> None:
     assert params(components["transformer"]) == pytest.approx(1.419e9, rel=1e-3)
     sizes = save_fullsize("wan21", components, folder)
     # The smallest legal job: 16x16 (the VAE's 8x and the patch's 2x), 5 frames (4k+1: 2 latent
-    # frames), 2 steps (the least a job takes) of UniPC with guidance 5, the model's defaults. The
-    # second step's corrector reads the first step's model output and sample: the scheduler's
-    # history crosses the cut. Each step costs two forwards over 512 text tokens (~10 s each here).
-    job = {"width": 16, "height": 16, "frames": 5, "steps": 2}
-    latents, images = cut_equals_uncut(folder, sizes, ("unipc", 5.0), job)
+    # frames), 2 steps (the least a job takes) of UniPC, the model's sampler. The second step's
+    # corrector reads the first step's model output and sample: the scheduler's history crosses the
+    # cut. Guidance 1 (one forward per step over 512 text tokens, ~10 s each here, instead of two):
+    # what this test checks is the full-size weights' path; guidance crosses cuts in the tiny models'.
+    job = {"width": 16, "height": 16, "frames": 5, "steps": 2, "guidance": 1.0}
+    latents, images = cut_equals_uncut(folder, sizes, ("unipc", 1.0), job)
     assert latents.shape == (1, 16, 2, 2, 2)
     assert len(images) == 1 and images[0].shape == (5, 16, 16, 3) and images[0].dtype == np.uint8

@@ -14,7 +14,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from init_images import circle_png
+from PIL import Image
 
 from farm.contracts.domain import JobSpec
 from farm.contracts.errors import CheckpointError, InvalidInput
@@ -28,13 +29,6 @@ SIZES = {"sd15": (32, 32), "sdxl": (32, 32), "flux": (64, 32)}
 CASES = [(family, sampler) for family in MODELS for sampler in FAMILY_SAMPLERS[family]]
 
 
-def circle_png(width: int = 48, height: int = 40) -> bytes:
-    """A red circle on blue, as a PNG file's bytes (the demo's picture, at an odd size)."""
-    image = Image.new("RGB", (width, height), (30, 60, 200))
-    ImageDraw.Draw(image).ellipse((10, 6, 36, 32), fill=(220, 30, 30))
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 IMAGE = circle_png()

@@ -72,7 +72,7 @@ def test_huge_image_is_refused_before_decoding() -> None:
     refused("init_image", "at most 8192 pixels a side", init_image=png(9000, 8))
 
 
-@pytest.mark.parametrize("model", ["tiny-ltx", "tiny-wan21", "tiny-sdxl-refiner"])
+@pytest.mark.parametrize("model", ["tiny-hunyuan15", "tiny-wan21", "tiny-sdxl-refiner"])
 def test_families_without_img2img_refuse_the_image(model: str) -> None:
     with pytest.raises(InvalidInput, match="takes no init image") as e:
         make_job(model=model, prompts=["a"], init_image=png())

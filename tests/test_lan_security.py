@@ -161,7 +161,7 @@ print(ray.get(ray.remote(lambda: "ran on the cluster").remote(), timeout=60))
 
 def ray_client(lan: Lan, pc: Pc, token: str) -> subprocess.CompletedProcess[str]:
     """From `pc`, run a task on the cluster through Ray's client port with `token` and the PC's own
-    farm certificate (what a removed PC still has): the issue's way in."""
+    Ray certificate and Ray CA (what a removed PC still has): the issue's way in."""
     assert lan.head is not None
     folder = pc.farm_home / "node"
     env = {**pc.env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USE_TLS": "1",
@@ -174,28 +174,60 @@ def ray_client(lan: Lan, pc: Pc, token: str) -> subprocess.CompletedProcess[str]
         return subprocess.CompletedProcess(argv, -1, str(e.stdout or ""), "timed out")
 
 
+def ray_handshake(lan: Lan, pc: Pc, port: int) -> tuple[str, str]:
+    """From `pc`, a TLS handshake with the head's Ray port `port` presenting the PC's Ray certificate
+    (the server's own not checked, so a refusal is the server's): ("accepted"|"refused", detail)."""
+    assert lan.head is not None
+    folder = pc.farm_home / "node"
+    script = str(Path(__file__).resolve().parent / "test_ray_ca_rotation.py")
+    r = subprocess.run(pc.argv([sys.executable, script, "handshake", lan.head.address, str(port),
+                                str(folder / "ray-tls.pem"), str(folder / "ray-tls.key")], hostname=False),
+                       env=pc.env(), cwd=pc.root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    verdict, detail = json.loads(r.stdout)
+    return verdict, detail
+
+
 def test_removing_a_pc_rotates_rays_token_and_keeps_the_queue(lan: Lan) -> None:
-    """High: `farm node remove` left the Ray token unchanged, and the removed PC still ran code."""
+    """High: `farm node remove` left the Ray token unchanged, and the removed PC still ran code; its
+    certificate still passed Ray's TLS. The removal starts a new Ray epoch (token and Ray CA): the
+    removed PC's Ray certificate fails the handshake with the head's Ray port, the remaining PC's
+    renewed one passes, and the queued job is rendered by the remaining PC."""
     head, a, b = lan.add_pc("headpc"), lan.add_pc("pca"), lan.add_pc("pcb")
     lan.start_head(head, "--ray-port", RAY_PORTS["rotation"])
     lan.join(a)
     lan.join(b)
     lan.wait_nodes(lambda n: all(n.get(x, {}).get("status") == "idle" for x in ("pca", "pcb")), 240, "PCs idle")
+    port = int(RAY_PORTS["rotation"])
+    assert ray_handshake(lan, b, port)[0] == "accepted"  # the check itself lets a member's certificate in
     old = (head.farm_home / "head" / "ray-token").read_text().strip()
+    assert lan.cli(head, "node", "pause", "headpc").returncode == 0  # what is left to render after the removal: pca's
+    lan.wait_nodes(lambda n: n.get("headpc", {}).get("status") == "paused", 60, "headpc paused")
     (a.root / "job.toml").write_text(JOB.replace("seeds = 2", "seeds = 6").replace("steps = 8", "steps = 24"))
     r = lan.cli(a, "submit", "job.toml", "--detach")
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip()
     assert lan.cli(head, "node", "remove", "pcb").returncode == 0
+    assert lan.jobs()[job]["status"] != "done", "the job ended before the removal: nothing tells who rendered after"
     wait_for(lambda: lan.jobs().get(job, {}).get("status") == "done", 600, f"{job} done after the removal")
     assert lan.jobs()[job]["samples"] == "6/6"
+    rendered = {run["node"] for path in (head.root / "out" / job).glob("*.png") for run in _provenance(path)}
+    assert "pca" in rendered and rendered <= {"pca", "pcb"}, rendered
     new = (head.farm_home / "head" / "ray-token").read_text().strip()
     assert new != old
-    # The remaining PC learned the new token: it rejoined Ray and takes work again.
+    # The remaining PC learned the new epoch: it rejoined Ray and takes work again.
     lan.wait_nodes(lambda n: n.get("pca", {}).get("status") == "idle" and "pcb" not in n, 300, "pca back, pcb gone")
-    refused = ray_client(lan, b, old)
-    assert refused.returncode != 0 and "ran on the cluster" not in refused.stdout, refused.stdout
-    allowed = ray_client(lan, b, new)  # the same way in with the current token: the refusal is the token's
+    # Revocation at every handshake: the head's Ray GCS refuses pcb's Ray certificate (of the retired Ray
+    # CA) and accepts pca's, renewed for the new one.
+    refused, accepted = ray_handshake(lan, b, port), ray_handshake(lan, a, port)
+    print(f"Ray GCS handshake after the removal: pcb {refused}, pca {accepted}")
+    assert refused[0] == "refused" and accepted[0] == "accepted", (refused, accepted)
+    revoked = json.loads((head.farm_home / "head" / "revoked.json").read_text())
+    assert [row["name"] for row in revoked] == ["pcb"], revoked
+    # The issue's way in, with the current token: refused with pcb's certificate, open with pca's.
+    refused_client = ray_client(lan, b, new)
+    assert refused_client.returncode != 0 and "ran on the cluster" not in refused_client.stdout, refused_client.stdout
+    allowed = ray_client(lan, a, new)
     assert "ran on the cluster" in allowed.stdout, allowed.stderr[-3000:]
 
 

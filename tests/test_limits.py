@@ -75,7 +75,7 @@ def test_three_hundred_submits_in_a_row_stop_at_the_default_cap() -> None:
 
 def test_the_queue_cap_reaches_the_cli_as_one_line(head: LocalHead, tmp_path: Path, capsys,  # noqa: F811
                                                      monkeypatch) -> None:
-    def full(spec):
+    def full(spec, init_image=None):
         raise LimitReached("queue: local has 100 unfinished jobs (allowed: 0 to 100 per user); wait")
 
     monkeypatch.setattr(head.farm, "submit", full)

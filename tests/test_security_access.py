@@ -237,19 +237,20 @@ def test_a_removed_pcs_node_token_opens_nothing(farm: Farm) -> None:
     """High: a removed PC kept working credentials (its Ray token: tests/test_lan_security.py)."""
     _, csr = new_key_and_csr("pc4")
     grant = farm.client("join").join("pc4", csr, HARDWARE, ":7071", OwnerPolicy())
-    assert farm.head.client(token=grant.node_token).ray_token() == ("10.0.0.1:6379", "ray-secret")
+    ray = farm.head.client(token=grant.node_token).ray_credentials()
+    assert (ray.address, ray.token) == ("10.0.0.1:6379", "ray-secret")
     farm.client("admin").remove_node("pc4")
     assert farm.head.removed == ["pc4"]
     with pytest.raises(Unauthenticated):
         farm.head.client(token=grant.node_token).join("pc4", csr, HARDWARE, ":7071", OwnerPolicy())
     with pytest.raises(Unauthenticated):
-        farm.head.client(token=grant.node_token).ray_token()
+        farm.head.client(token=grant.node_token).ray_credentials()
 
 
 def test_only_a_member_pc_learns_rays_token(farm: Farm) -> None:
     for role in ("user", "join", "admin"):
         with pytest.raises(PermissionDenied):
-            farm.client(role).ray_token()
+            farm.client(role).ray_credentials()
 
 
 def test_the_head_reaches_an_agent_only_through_its_current_certificate(farm: Farm, tmp_path: Path) -> None:

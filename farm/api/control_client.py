@@ -18,7 +18,7 @@ import grpc
 
 from farm.api import convert
 from farm.api.auth import bearer
-from farm.cluster.membership import JoinGrant
+from farm.cluster.membership import JoinGrant, RayCredentials
 from farm.cluster.pki import HEAD_NAME, is_loopback
 from farm.contracts.control import Event, JobView, NodeView, OwnerPolicy
 from farm.contracts.domain import JobSpec
@@ -106,13 +106,16 @@ class FarmClient:
         return HeadModels(self._channel, self._metadata, self._where)
 
     def submit(self, spec: JobSpec | JobRequest, init_image: bytes | None = None) -> str:
-        """A job made here, or a job file's request (`farm submit`: the head checks its model and adapters).
-        The control API carries no init image yet (img2img: `farm render`/`run`, or the HTTP API)."""
-        if init_image is not None or (isinstance(spec, JobSpec) and spec.init_image):
-            raise InvalidInput("init_image", "the control API sends no init image yet: use farm render or "
-                                             "farm run on the head's PC, or the HTTP API's /sdapi/v1/img2img")
-        msg = convert.spec_to_proto(spec) if isinstance(spec, JobSpec) else convert.request_to_proto(spec)
-        return self._rpc("Submit", control_pb2.SubmitRequest(spec=msg)).job_id
+        """A job made here (with its init image's bytes when it has one), or a job file's request
+        (`farm submit`: the head checks its model and adapters). The image travels once, with the job."""
+        if isinstance(spec, JobRequest):
+            msg, image = convert.request_to_proto(spec), spec.init_image
+        else:
+            if spec.init_image and init_image is None:
+                raise InvalidInput("init_image", "this job names an init image: pass its file's bytes too")
+            msg, image = convert.spec_to_proto(spec), init_image
+            msg.ClearField("init_image")  # the head hashes the bytes itself
+        return self._rpc("Submit", control_pb2.SubmitRequest(spec=msg, init_image=image or b"")).job_id
 
     def list_jobs(self, after: str = "", limit: int | None = None) -> list[JobView]:
         """Jobs page by page (each reply stays well under gRPC's message limit): all of them, or up to
@@ -214,15 +217,18 @@ class FarmClient:
                                           hardware=convert.hardware_to_proto(hardware))
         reply = self._rpc("Join", request)
         return JoinGrant(reply.node_token, reply.ca_pem.encode(), reply.cert_pem.encode(), reply.ray_address,
-                         reply.ray_token, tuple(convert.node_info_from_proto(n) for n in reply.nodes))
+                         reply.ray_token, tuple(convert.node_info_from_proto(n) for n in reply.nodes),
+                         reply.ray_cert_pem.encode(), reply.ray_ca_pem.encode())
 
     def rotate_token(self) -> str:
         return self._rpc("RotateToken", control_pb2.RotateTokenRequest()).token
 
-    def ray_token(self) -> tuple[str, str]:
-        """Ray's address and current token (a joined PC's node token only)."""
+    def ray_credentials(self) -> RayCredentials:
+        """Ray's address and current token, this PC's Ray certificate and the Ray CA, all of the current
+        epoch (a joined PC's node token only)."""
         reply = self._rpc("RayToken", control_pb2.RayTokenRequest())
-        return reply.ray_address, reply.ray_token
+        return RayCredentials(reply.ray_address, reply.ray_token, reply.ray_cert_pem.encode(),
+                              reply.ray_ca_pem.encode())
 
     def issue_user_token(self, user: str) -> str:
         return self._rpc("IssueUserToken", control_pb2.IssueUserTokenRequest(user=user)).token

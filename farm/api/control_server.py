@@ -34,6 +34,7 @@ from farm.cluster.pki import TlsIdentity, is_loopback
 from farm.cluster.tokens import LOCAL, Principal, Role, TokenStore
 from farm.contracts.control import FarmService
 from farm.contracts.errors import FarmError, InvalidInput, PermissionDenied
+from farm.jobs.init_image import MAX_FILE_BYTES
 from protos.farm.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -92,16 +93,18 @@ class FarmControlServicer(control_pb2_grpc.FarmControlServicer):
             return control_pb2.JoinReply(
                 node_token=grant.node_token, ca_pem=grant.ca_pem.decode(), cert_pem=grant.cert_pem.decode(),
                 ray_address=grant.ray_address, ray_token=grant.ray_token,
-                nodes=[convert.node_info_to_proto(n) for n in grant.nodes])
+                nodes=[convert.node_info_to_proto(n) for n in grant.nodes],
+                ray_cert_pem=grant.ray_cert_pem.decode(), ray_ca_pem=grant.ray_ca_pem.decode())
 
         return answer(context, join)
 
     def Submit(self, request, context):  # type: ignore[no-untyped-def]
         def submit() -> control_pb2.SubmitReply:
             caller = self._caller(context)
-            spec = replace(convert.spec_from_proto(request.spec), owner=caller.name)
+            image = request.init_image or None
+            spec = replace(convert.spec_from_proto(request.spec, request.init_image), owner=caller.name)
             _check_priority(caller, spec.priority)
-            return control_pb2.SubmitReply(job_id=self.service.submit(spec))
+            return control_pb2.SubmitReply(job_id=self.service.submit(spec, init_image=image))
 
         return answer(context, submit)
 
@@ -195,8 +198,9 @@ class FarmControlServicer(control_pb2_grpc.FarmControlServicer):
 
     def RayToken(self, request, context):  # type: ignore[no-untyped-def]
         def run() -> control_pb2.RayTokenReply:
-            address, token = self._members().ray_credentials(self._caller(context))
-            return control_pb2.RayTokenReply(ray_address=address, ray_token=token)
+            ray = self._members().ray_credentials(self._caller(context))
+            return control_pb2.RayTokenReply(ray_address=ray.address, ray_token=ray.token,
+                                             ray_cert_pem=ray.cert_pem.decode(), ray_ca_pem=ray.ca_pem.decode())
 
         return answer(context, run)
 
@@ -264,8 +268,10 @@ def serve(servicers: Callable[[grpc.Server], None], address: str, *, tls: TlsIde
     host = address.rpartition(":")[0]
     if tls is None and not is_loopback(host):
         raise FarmError(f"refusing to serve {address} without TLS: only loopback may be plaintext")
+    # An img2img job's init image travels in its Submit (up to MAX_FILE_BYTES): above gRPC's 4 MiB default.
+    limit = [("grpc.max_receive_message_length", MAX_FILE_BYTES + (1 << 20))]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                         interceptors=[interceptor] if interceptor else None)
+                         interceptors=[interceptor] if interceptor else None, options=limit)
     servicers(server)
     checker = checker or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)

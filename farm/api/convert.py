@@ -25,13 +25,16 @@ def _opt(msg: object, field: str) -> object:
 
 
 def spec_to_proto(spec: JobSpec) -> control_pb2.JobSpec:
-    return control_pb2.JobSpec(
+    msg = control_pb2.JobSpec(
         model=spec.model, prompts=list(spec.prompts), seeds=len(spec.seeds), seed=spec.seeds[0],
         steps=spec.steps, width=spec.width, height=spec.height, guidance=spec.guidance, sampler=spec.sampler,
         negative_prompt=spec.negative_prompt, priority=spec.priority, owner=spec.owner, frames=spec.frames,
         loras=[control_pb2.Lora(name=a.name, weight=a.weight, sha256=a.sha256, short_hash=a.short_hash)
                for a in spec.loras],
     )
+    if spec.init_image:  # a text job has no strength: one given would be refused
+        msg.strength, msg.init_image = spec.strength, spec.init_image
+    return msg
 
 
 def request_to_proto(request: JobRequest) -> control_pb2.JobSpec:
@@ -39,23 +42,27 @@ def request_to_proto(request: JobRequest) -> control_pb2.JobSpec:
     msg = control_pb2.JobSpec(model=request.model, prompts=list(request.prompts),
                               negative_prompt=request.negative_prompt, priority=request.priority,
                               loras=[control_pb2.Lora(name=name, weight=weight) for name, weight in request.loras])
-    for name in ("seeds", "seed", "steps", "width", "height", "guidance", "sampler", "owner", "frames"):
+    for name in ("seeds", "seed", "steps", "width", "height", "guidance", "sampler", "owner", "frames", "strength"):
         if (value := getattr(request, name)) is not None:
             setattr(msg, name, value)
     return msg
 
 
-def spec_from_proto(msg: control_pb2.JobSpec) -> JobSpec:
-    """Validate a submitted job exactly as a job file is validated (raises InvalidInput)."""
+def spec_from_proto(msg: control_pb2.JobSpec, init_image: bytes = b"") -> JobSpec:
+    """Validate a submitted job exactly as a job file is validated (raises InvalidInput); `init_image`
+    the image file's bytes an img2img job came with (empty: none)."""
     if not msg.model:
         raise InvalidInput("model", "is required")
+    if msg.init_image:
+        raise InvalidInput("spec.init_image", "is set by the head (the hash of the image sent in init_image)")
     given = {
         name: value
-        for name in ("seeds", "seed", "steps", "width", "height", "guidance", "sampler", "owner", "frames")
+        for name in ("seeds", "seed", "steps", "width", "height", "guidance", "sampler", "owner", "frames", "strength")
         if (value := _opt(msg, name)) is not None
     }
     return make_job(model=msg.model, prompts=list(msg.prompts), negative_prompt=msg.negative_prompt,
-                    priority=msg.priority, loras=[{"name": a.name, "weight": a.weight} for a in msg.loras], **given)
+                    priority=msg.priority, loras=[{"name": a.name, "weight": a.weight} for a in msg.loras],
+                    init_image=init_image or None, **given)
 
 
 def _spec_as_shown(msg: control_pb2.JobSpec) -> JobSpec:
@@ -64,7 +71,8 @@ def _spec_as_shown(msg: control_pb2.JobSpec) -> JobSpec:
     return JobSpec(model=msg.model, prompts=tuple(msg.prompts), seeds=tuple(range(msg.seed, msg.seed + msg.seeds)),
                    steps=msg.steps, width=msg.width, height=msg.height, guidance=msg.guidance, sampler=msg.sampler,
                    negative_prompt=msg.negative_prompt, priority=msg.priority, owner=msg.owner, frames=msg.frames,
-                   loras=tuple(Lora(a.name, a.weight, a.sha256, a.short_hash) for a in msg.loras))
+                   loras=tuple(Lora(a.name, a.weight, a.sha256, a.short_hash) for a in msg.loras),
+                   init_image=msg.init_image, strength=msg.strength if msg.HasField("strength") else 1.0)
 
 
 def _shard_to_proto(s: ShardView) -> control_pb2.ShardView:

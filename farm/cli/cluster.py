@@ -113,6 +113,8 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     submit.add_argument("--detach", action="store_true", help="print the job id and return at once")
     submit.add_argument("--out", type=Path, default=Path("renders"),
                         help="save the outputs on this PC under DIR/<job id>/ (default: renders)")
+    submit.add_argument("--init-image", type=Path, default=None, metavar="PATH",
+                        help="img2img: the image the job starts from (overrides the job file's init_image)")
     _client_args(submit)
     submit.set_defaults(func=_submit)
 
@@ -468,7 +470,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     # Its form is checked here (a typo never reaches the head); its model and adapters by the head,
     # which has them where this PC may not.
-    request = load_job_request(args.job_file)
+    request = load_job_request(args.job_file, args.init_image)
     client = connect(args)
     try:
         job_id = client.submit(request)

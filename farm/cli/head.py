@@ -1,6 +1,6 @@
 """`farm head`: the head PC's processes wired together.
 
-It starts the Ray head (token authentication on, TLS with farm-CA certificates off loopback, its own
+It starts the Ray head (token authentication on, TLS with Ray-CA certificates off loopback, its own
 GPU as a farm node) as a supervised `ray start --head`, connects the coordinator to it through the Ray
 executor, serves the coordinator as `FarmControl` over TLS with the farm's tokens and roles and as the
 A1111-compatible HTTP API with its Prometheus metrics (`farm.api.http`), runs the head's own agent in
@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ from farm.api.http_server import DEFAULT_HTTP, HttpServer, needs_credentials, pa
 from farm.api.metrics import FarmMetrics
 from farm.api.model_server import ModelLibrary, ServedModels, add_models_service, head_folder
 from farm.cluster.credentials import HeadCredentials
-from farm.cluster.membership import Member, Membership, nodes_for
-from farm.cluster.pki import is_loopback, ray_identity, write_private
+from farm.cluster.membership import Member, Membership, nodes_for, ray_secret
+from farm.cluster.pki import FarmCA, is_loopback, ray_identity, write_private
 from farm.contracts.control import NodeStatus, OwnerPolicy
 from farm.contracts.domain import NodeInfo
 from farm.contracts.errors import FarmError
@@ -70,19 +69,11 @@ def ray_token_auth_supported() -> bool:
     return importlib.util.find_spec("ray._private.authentication") is not None
 
 
-def ray_secret(folder: Path, new: bool = False) -> str:
-    """The Ray cluster's token: created once (or anew, when a removal rotates it), handed to PCs at
-    join, never printed."""
-    path = folder / "ray-token"
-    if new or not path.exists():
-        write_private(path, secrets.token_hex(32).encode())
-    return path.read_text().strip()
-
-
 class Reconnecting:
-    """The executor the coordinator drives: the current `RayExecutor`, which a rotation of Ray's token
-    replaces (Ray reads its token once per process, so the cluster restarts). While it does, the
-    coordinator's loop waits in its next executor call instead of calling a Ray that is gone."""
+    """The executor the coordinator drives: the current `RayExecutor`, which a new Ray epoch (token and
+    Ray CA) replaces (Ray reads its token and TLS files once per process, so the cluster restarts).
+    While it does, the coordinator's loop waits in its next executor call instead of calling a Ray
+    that is gone."""
 
     def __init__(self, inner: RayExecutor) -> None:
         self._inner = inner
@@ -147,7 +138,6 @@ class Head:
         self.gpus = gpus
         self.folder = config.home / "head"
         self.creds = HeadCredentials.load_or_create(self.folder)
-        self.ray_token = ray_secret(self.folder)
         self.port = 0
         self._ray: Supervisor | None = None
         self._server = None
@@ -174,12 +164,13 @@ class Head:
         """The line to run on a PC: the join token in the environment, never in `ps` or an argument."""
         return f"FARM_TOKEN={self.creds.tokens.join_token} farm join {self.config.advertise}:{self.port}"
 
-    def _ray_tls(self) -> RayTls | None:
-        """Ray's TLS files for this head (a certificate naming its address), or None on loopback only."""
+    def _ray_tls(self, ray_ca: FarmCA) -> RayTls | None:
+        """Ray's TLS files for this head (a certificate from the current Ray CA naming its address, and
+        that CA as the only one trusted), or None on loopback only."""
         if is_loopback(self.config.advertise):
             return None
-        ident = ray_identity(self.creds.ca, (self.config.advertise, "127.0.0.1"))
-        return RayTls.write(self.folder, ident.key_pem, ident.cert_pem, self.creds.ca.cert_pem)
+        ident = ray_identity(ray_ca, (self.config.advertise, "127.0.0.1"))
+        return RayTls.write(self.folder, ident.key_pem, ident.cert_pem, ray_ca.cert_pem)
 
     def start(self) -> None:
         cfg = self.config
@@ -189,6 +180,8 @@ class Head:
         own = nodes_for(cfg.name, probe.hardware(), cfg.policy)
         os.environ.update(QUIET_RAY)  # this process is a Ray driver too: the same quiet timers
         self._own = own
+        self.membership = Membership(self.folder, self.creds.ca, self.creds.tokens, self.ray_address,
+                                     ray_secret(self.folder), on_join=self._joined, on_remove=self._removed)
         self._start_ray()
         self._connect_ray()
         self.executor = RayExecutor(own, cfg.home, models=from_environment)  # a PC's actor fetches what it lacks
@@ -198,8 +191,6 @@ class Head:
         self.coordinator = Coordinator(MeteredExecutor(self._executor, metrics.work), PngWriter(cfg.out),  # type: ignore[arg-type]
                                        store=self._store)
         self.links = AgentLinks(self.coordinator, on_new_worker=self._new_worker, on_offline=self.coordinator.node_left)
-        self.membership = Membership(self.folder, self.creds.ca, self.creds.tokens, self.ray_address, self.ray_token,
-                                     on_join=self._joined, on_remove=self._removed)
         for member in self.membership.members():  # PCs that joined before a restart: their workers reconnect
             self._joined(member)
         self._agent = Agent(probe, cfg.policy, None, release=lambda: self._release_own(own))
@@ -233,13 +224,15 @@ class Head:
         return next((tuple(n.name for n in m.nodes) for m in self.membership.members() if m.name == pc), ())
 
     def _start_ray(self) -> None:
-        """The Ray head with the current token (over TLS off loopback), supervised; `_connect_ray`
-        then makes this process its driver."""
+        """The Ray head in the current epoch (its token; TLS with the Ray CA off loopback), supervised;
+        `_connect_ray` then makes this process its driver."""
         cfg = self.config
-        tls = self._ray_tls()
-        _use_ray_token(self.ray_token, tls)
+        assert self.membership is not None
+        epoch = self.membership.ray_epoch
+        tls = self._ray_tls(epoch.ca)
+        _use_ray_token(epoch.token, tls)
         log_path = self.folder / "ray-head.log"
-        self._ray = Supervisor(ray_head_command(cfg.ray_port, self._own, self.ray_token, node_ip=cfg.advertise,
+        self._ray = Supervisor(ray_head_command(cfg.ray_port, self._own, epoch.token, node_ip=cfg.advertise,
                                                 ray=cfg.ray, ports_from=cfg.ray_ports_from, tls=tls), log_path)
         self._ray_log_mark = log_path.stat().st_size if log_path.exists() else 0
         _forget_last_ray_session()
@@ -283,7 +276,7 @@ class Head:
 
     def _joined(self, member: Member) -> None:
         assert self.coordinator is not None and self.executor is not None and self.links is not None
-        with self._ray_lock:  # not while Ray restarts with a new token
+        with self._ray_lock:  # not while Ray restarts in a new epoch
             for info in member.nodes:  # a (re)join means a new Ray worker on that PC: always a fresh actor
                 add_node(self.coordinator, self.executor, info, new_worker=True)
         self.links.add(member.name, tuple(n.name for n in member.nodes),
@@ -299,8 +292,8 @@ class Head:
     def _removed(self, member: Member) -> None:
         """A removed PC leaves at once: its agent stops its Ray worker (as for a pause), its actors are
         killed, and the coordinator forgets its nodes; a segment one was running resumes elsewhere
-        from its last checkpoint. Then Ray's token, which the PC knows, is rotated (in the background:
-        the Ray cluster restarts)."""
+        from its last checkpoint. Membership has already ended the Ray epoch the PC knew (token and Ray
+        CA); the Ray cluster restarts in the new one, in the background."""
         assert self.coordinator is not None and self.links is not None and self.executor is not None
         for info in member.nodes:
             self.links.command(info.name, NodeStatus.PAUSED, "removed from the farm")
@@ -313,20 +306,19 @@ class Head:
         threading.Thread(target=self._rotate_ray_token, name="rotate-ray-token", daemon=True).start()
 
     def _rotate_ray_token(self) -> None:
-        """A new Ray token, so that a removed PC (whose farm certificate still passes Ray's TLS, which
-        checks the CA only) cannot reach the cluster. Ray reads its token once per process, so the Ray
-        head restarts with it: every node goes offline first (its segment is requeued from its last
-        checkpoint, as for a lost node; the node stays listed, with its pause or drain), the head's own
-        node comes back at once, and each remaining PC's Ray worker, which loses the old cluster, is
-        restarted by its agent with the token it asks the head for (`RayToken`) and gets a new actor,
-        as after any restart."""
+        """Restart Ray in the epoch a removal began: a new token, and a new Ray CA, the only one every Ray
+        process trusts from now on, so that the removed PC's token and Ray certificate (from the old CA)
+        are refused in every TLS handshake with the cluster. Ray reads its token and TLS files once per
+        process, so the Ray head restarts: every node goes offline first (its segment is requeued from
+        its last checkpoint, as for a lost node; the node stays listed, with its pause or drain), the
+        head's own node comes back at once, and each remaining PC's Ray worker, which loses the old
+        cluster, is restarted by its agent with the token, Ray certificate and Ray CA it asks the head
+        for (`RayToken`) and gets a new actor, as after any restart."""
         assert self.coordinator is not None and self.membership is not None and self._executor is not None
         with self._ray_lock:
             if self._stopping.is_set():
-                return
-            self.ray_token = ray_secret(self.folder, new=True)
-            self.membership.ray_token = self.ray_token  # a PC that joins from now on gets the new one
-            log.warning("Ray's token rotated after a removal: restarting the Ray cluster")
+                return  # the next start begins in the new epoch: Membership keeps it on disk
+            log.warning("a new Ray token and Ray CA after a removal: restarting the Ray cluster")
             for info in (*self._own, *(n for m in self.membership.members() for n in m.nodes)):
                 try:
                     self.coordinator.node_left(info.name, "Ray restarts with a new token")
@@ -337,7 +329,7 @@ class Head:
                 try:
                     step()
                 except Exception:
-                    log.exception("while stopping Ray to rotate its token")
+                    log.exception("while stopping Ray to start its new epoch")
             self._start_ray()
             while not self._stopping.is_set():  # the supervisor keeps starting Ray (a port still held)
                 try:

@@ -99,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                         help="apply a LoRA adapter at this weight (-4 to 4; NAME alone: 1); repeatable")
     render.add_argument("--init-image", type=Path, default=None, metavar="PATH",
-                        help="img2img: start from this image (resized to --width x --height); sd15, sdxl, flux")
+                        help="img2img (sd15, sdxl, flux): start from this image, resized to --width x --height; "
+                             "image-to-video (ltxv, wan I2V, hunyuanvideo15 I2V): the video's first frame")
     render.add_argument("--strength", type=float, default=None,
-                        help="img2img: how much of the init image is re-noised, in (0, 1] (default 0.75)")
+                        help="img2img: how much of the init image is re-noised, in (0, 1] (default 0.75); "
+                             "not for image-to-video")
     _common(render)
 
     run = sub.add_parser("run", help="render a TOML job file on the embedded farm")

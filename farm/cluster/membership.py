@@ -8,11 +8,21 @@ A name belongs to the PC that joined with it: joining again under a member's nam
 own node token (the join token is not enough), and the new certificate replaces the old one: the head
 reaches a PC's agent only under the name its current certificate alone carries (`Member.agent_host`).
 A removed PC's node token is forgotten and the head stops calling it.
+
+Membership also owns the Ray cluster's shared secrets, one `RayEpoch` at a time: Ray's token and the
+Ray CA (`farm.cluster.pki`), kept in the head's folder. A removal ends the epoch at once (a new token
+and a new Ray CA, on disk before the head restarts Ray, so a head stopped in between comes back in the
+new one too): the removed PC's Ray token and Ray certificate are then refused by every Ray process,
+and the remaining PCs get the new ones when their Ray workers restart (`ray_credentials`). Each removal
+is also noted in `revoked.json` (the PC's name, its farm certificate's serial, the retired Ray CA's
+serial, the time), a record for the operator: no check needs the list.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +54,43 @@ class Member:
         return serial_host(serial_of(self.cert_pem.encode()), host) if self.cert_pem else host
 
 
+RAY_CA = "ray-ca"  # the Ray CA's files in the head's folder: ray-ca.key, ray-ca.pem
+
+
+def ray_secret(folder: Path, new: bool = False) -> str:
+    """The Ray cluster's token: created once (or anew, when a removal ends the epoch), handed to PCs at
+    join, never printed."""
+    path = folder / "ray-token"
+    if new or not path.exists():
+        write_private(path, secrets.token_hex(32).encode())
+    return path.read_text().strip()
+
+
+def _ray_ca_subject() -> str:
+    """A Ray CA's name, its own in every epoch (so an old epoch's certificate names an issuer that the
+    new one's trust store does not hold at all)."""
+    return f"farm Ray CA {secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class RayEpoch:
+    """What every Ray process of the cluster shares until the next removal: Ray's token, and the Ray
+    CA that issues every Ray certificate and is the only one Ray trusts."""
+
+    token: str
+    ca: FarmCA
+
+
+@dataclass(frozen=True)
+class RayCredentials:
+    """What a member PC's Ray worker starts with in the current epoch."""
+
+    address: str
+    token: str
+    cert_pem: bytes  # the PC's Ray certificate: its farm certificate's key and addresses, from the Ray CA
+    ca_pem: bytes  # the current Ray CA
+
+
 @dataclass(frozen=True)
 class JoinGrant:
     node_token: str
@@ -52,6 +99,12 @@ class JoinGrant:
     ray_address: str
     ray_token: str
     nodes: tuple[NodeInfo, ...]
+    ray_cert_pem: bytes
+    ray_ca_pem: bytes
+
+    @property
+    def ray(self) -> RayCredentials:
+        return RayCredentials(self.ray_address, self.ray_token, self.ray_cert_pem, self.ray_ca_pem)
 
 
 def nodes_for(name: str, hardware: Hardware, policy: OwnerPolicy) -> tuple[NodeInfo, ...]:
@@ -79,8 +132,9 @@ class Membership:
         self._path = folder / "members.json"
         self._ca = ca
         self.tokens = tokens
+        self._folder = folder
         self._ray_address = ray_address
-        self.ray_token = ray_token  # replaced when a removal rotates it; PCs get the current one at (re)join
+        self._ray = RayEpoch(ray_token, FarmCA.load_or_create(folder, RAY_CA, _ray_ca_subject()))
         self._on_join = on_join
         self._on_remove = on_remove
         self._lock = threading.Lock()
@@ -93,6 +147,12 @@ class Membership:
     def members(self) -> list[Member]:
         with self._lock:
             return list(self._members.values())
+
+    @property
+    def ray_epoch(self) -> RayEpoch:
+        """The current Ray token and Ray CA, the pair the head's Ray starts with."""
+        with self._lock:
+            return self._ray
 
     def join(self, name: str, csr_pem: bytes, hardware: Hardware, agent_address: str, policy: OwnerPolicy,
              caller: Principal, ips: tuple[str, ...] = ()) -> JoinGrant:
@@ -116,27 +176,46 @@ class Membership:
             self._save()
         if self._on_join:
             self._on_join(member)
-        return JoinGrant(token, self._ca.cert_pem, cert, self._ray_address, self.ray_token, nodes)
+        ray = self._ray_for(member)  # read after `on_join`, which waits while Ray restarts in a new epoch
+        return JoinGrant(token, self._ca.cert_pem, cert, ray.address, ray.token, nodes, ray.cert_pem, ray.ca_pem)
 
-    def ray_credentials(self, caller: Principal) -> tuple[str, str]:
-        """Ray's address and current token, for a member's own node token only."""
+    def ray_credentials(self, caller: Principal) -> RayCredentials:
+        """Ray's address, current token and CA, and a Ray certificate of the current epoch for the
+        caller's farm certificate (its key: the PC needs no new one); for a member's own node token only."""
         with self._lock:
-            if caller.role != Role.NODE or caller.name not in self._members:
+            member = self._members.get(caller.name) if caller.role == Role.NODE else None
+            if member is None:
                 raise PermissionDenied("RayToken: for a member PC's node token only")
-        return self._ray_address, self.ray_token
+        return self._ray_for(member)
+
+    def _ray_for(self, member: Member) -> RayCredentials:
+        ray = self.ray_epoch
+        return RayCredentials(self._ray_address, ray.token, ray.ca.reissue(member.cert_pem.encode()), ray.ca.cert_pem)
 
     def remove(self, name: str) -> Member:
-        """Forget a PC: its node token stops working and its nodes leave the farm (`on_remove` also
-        rotates Ray's token, which the PC holds)."""
+        """Forget a PC: its node token stops working, its nodes leave the farm (`on_remove`: the head
+        restarts Ray in the new epoch), and the Ray epoch it knew ends."""
         with self._lock:
             member = self._members.pop(name, None)
             if member is None:
                 raise NotFound("name", f"no member PC named {name!r}")
             self._save()
+            self._revoke(member)
+            self._ray = RayEpoch(ray_secret(self._folder, new=True),
+                                 FarmCA.create(self._folder, RAY_CA, _ray_ca_subject()))
         self.tokens.remove_node(name)
         if self._on_remove:
             self._on_remove(member)
         return member
+
+    def _revoke(self, member: Member) -> None:
+        """Note the removed PC's farm certificate and the Ray CA whose certificates its removal voids."""
+        path = self._folder / "revoked.json"
+        rows = json.loads(path.read_text()) if path.exists() else []
+        rows.append({"name": member.name, "revoked": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                     "cert_serial": f"{serial_of(member.cert_pem.encode()):x}" if member.cert_pem else "",
+                     "ray_ca_serial": f"{self._ray.ca.cert.serial_number:x}"})
+        write_private(path, json.dumps(rows, indent=1).encode())
 
     def _save(self) -> None:
         rows = [{**asdict(m), "nodes": [asdict(n) for n in m.nodes]} for m in self._members.values()]

@@ -7,14 +7,20 @@ keeps its private key: it sends a certificate request and gets the certificate b
 certificate also names itself (`c<serial>.node-<name>`), which is the name the head checks when it
 calls that PC's agent: only the certificate of the PC's latest join passes, not an older one.
 
-The same certificates carry Ray's TLS between PCs (`RAY_USE_TLS`): Ray connects to node IP addresses
-and checks them against the certificate, so the ones Ray uses also name the PC's address and loopback.
+Ray's TLS between PCs (`RAY_USE_TLS`) has a CA of its own, the Ray CA (`ray-ca.*` in the head's
+folder), replaced at every `farm node remove`: one Ray CA epoch per set of members. The head's Ray
+certificate and each member's (issued for the key of the member's farm certificate, so a PC keeps one
+key) come from the current Ray CA, and every Ray process trusts only it. Ray's servers require a client
+certificate and check it against that CA in every TLS handshake, so a removed PC's Ray certificate,
+from a retired epoch, is refused by every Ray port (unknown CA): that is its revocation. Ray connects
+to node IP addresses and checks them against the certificate, so Ray certificates also name the PC's
+address and loopback (and so do farm certificates, which they are made from).
 
 Node certificates last a year and are renewed at each re-join. A removed PC's certificate, and the one
 a re-join replaces, stop opening anything at once: the head checks each PC's agent under the name only
-the current certificate carries, node tokens are what the head's own servers check (Python's gRPC
-server cannot ask for an optional client certificate, so it has no certificate to check), and Ray,
-which checks certificates against the CA only, gets a new token when a PC is removed.
+the current certificate carries; the head's own gRPC servers check node tokens (Python's gRPC server
+cannot ask for an optional client certificate, so it has no certificate to check there), and a
+removed PC's node token is deleted; Ray refuses the removed PC's Ray certificate (above).
 
 First contact: a PC that joins does not have the CA yet. The join token carries a pin (a SHA-256
 prefix) of the head's certificate; the PC fetches that certificate, checks the pin before it sends
@@ -34,6 +40,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from farm.contracts.errors import FarmError, Unreachable
@@ -41,7 +48,7 @@ from farm.contracts.errors import FarmError, Unreachable
 HEAD_NAME = "farm-head"
 PIN_CHARS = 32  # hex characters of SHA-256: 128 bits
 CA_VALID_DAYS = 3650
-VALID_DAYS = 365  # node certificates and the head's Ray certificate; a re-join renews a node's
+VALID_DAYS = 365  # node certificates and the head's Ray certificate; a re-join renews a node's (its Ray one with it)
 
 
 def node_host(name: str) -> str:
@@ -104,15 +111,23 @@ class FarmCA:
         return _pem(self.cert)
 
     @classmethod
-    def load_or_create(cls, folder: Path) -> FarmCA:
-        key_path, cert_path = folder / "ca.key", folder / "ca.pem"
+    def load_or_create(cls, folder: Path, stem: str = "ca", subject: str = "farm CA") -> FarmCA:
+        """The CA kept as `<stem>.key` and `<stem>.pem` in `folder`, created there if missing."""
+        key_path, cert_path = folder / f"{stem}.key", folder / f"{stem}.pem"
         if key_path.exists() and cert_path.exists():
             key = serialization.load_pem_private_key(key_path.read_bytes(), None)
             assert isinstance(key, ec.EllipticCurvePrivateKey)
             return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+        return cls.create(folder, stem, subject)
+
+    @classmethod
+    def create(cls, folder: Path, stem: str, subject: str) -> FarmCA:
+        """A new CA, replacing the one kept under `stem` (every certificate of the old one stops being
+        trusted by whoever trusts only the new one: how a Ray CA epoch ends)."""
+        key_path, cert_path = folder / f"{stem}.key", folder / f"{stem}.pem"
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(_name("farm CA")).issuer_name(_name("farm CA"))
+        cert = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(subject))
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(days=CA_VALID_DAYS))
@@ -136,14 +151,28 @@ class FarmCA:
         if not csr.is_signature_valid:
             raise BadCertificateRequest("csr_pem: its signature does not match its key")
         now = datetime.datetime.now(datetime.UTC)
+        return self._sign(csr.public_key(), host, ips, now + datetime.timedelta(days=days))
+
+    def reissue(self, cert_pem: bytes) -> bytes:
+        """A certificate of this CA for the key, name, IP addresses and expiry of `cert_pem` (one of
+        another CA's: a member's farm certificate becomes its Ray certificate without a new key)."""
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        host = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ips = tuple(str(ip) for ip in names.get_values_for_type(x509.IPAddress))
+        return self._sign(cert.public_key(), str(host), ips, cert.not_valid_after_utc)
+
+    def _sign(self, public_key: CertificatePublicKeyTypes, host: str, ips: tuple[str, ...],
+              not_after: datetime.datetime) -> bytes:
+        now = datetime.datetime.now(datetime.UTC)
         serial = x509.random_serial_number()
         names: list[x509.GeneralName] = [x509.DNSName(host), x509.DNSName(serial_host(serial, host))]
         if ips:
             names += [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]
         cert = (x509.CertificateBuilder().subject_name(_name(host)).issuer_name(self.cert.subject)
-                .public_key(csr.public_key()).serial_number(serial)
+                .public_key(public_key).serial_number(serial)
                 .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=days))
+                .not_valid_after(not_after)
                 .add_extension(x509.SubjectAlternativeName(names), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
@@ -172,11 +201,12 @@ def serial_host(serial: int, host: str) -> str:
     return f"c{serial:x}.{host}"
 
 
-def ray_identity(ca: FarmCA, ips: tuple[str, ...]) -> TlsIdentity:
-    """A fresh key and certificate for the head's Ray processes, naming the addresses `ips` Ray
-    connects to (the head's address may change between starts, so this one is issued at each start)."""
+def ray_identity(ray_ca: FarmCA, ips: tuple[str, ...]) -> TlsIdentity:
+    """A fresh key and certificate from the current Ray CA for the head's Ray processes, naming the
+    addresses `ips` Ray connects to (the head's address may change between starts, and a removal
+    starts a new Ray CA epoch, so this one is issued at each start)."""
     key_pem, csr_pem = new_key_and_csr(HEAD_NAME)
-    return TlsIdentity(key_pem, ca.issue(csr_pem, HEAD_NAME, ips))
+    return TlsIdentity(key_pem, ray_ca.issue(csr_pem, HEAD_NAME, ips))
 
 
 class BadCertificateRequest(FarmError):

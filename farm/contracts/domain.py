@@ -106,10 +106,18 @@ class Shard:
     # (memory mode, peak GiB) for every mode that holds this batch, cheapest in time first: another
     # node may run a segment in a leaner mode than the home's, since the checkpoint is the same.
     needs: tuple[tuple[str, float], ...] = ()
+    # (memory mode, peak GiB) of the decode where it fits no mode of `home`: then the last of `bounds`
+    # is an empty segment `(end, end)` that only decodes, from the checkpoint, on a node it fits.
+    # Empty: the last denoising segment decodes on its node.
+    decode_needs: tuple[tuple[str, float], ...] = ()
 
     @property
     def batch(self) -> int:
         return len(self.sample_indices)
+
+    def decode_only(self, index: int) -> bool:
+        """Segment `index` runs no step, only the decode (priced by `decode_needs`, not `needs`)."""
+        return bool(self.decode_needs) and index == len(self.bounds) - 1
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class ReadySegment:
     model: str = ""  # lets a node that already holds this model take the segment first
     priority: int = 0  # the job's priority: a node keeps to the model it holds only within one priority
     needs: tuple[tuple[str, float], ...] = ()  # the shard's `needs`; empty: only `need_gib`
+    decode_only: bool = False  # runs no step, only the shard's decode (`Shard.decode_needs`)
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,7 @@ class StepRun:
     memory_mode: str = "full"
     seconds: float = 0.0  # the segment's time on that node (load and decode included)
     precision: str = ""  # the dtypes it ran in, e.g. "bf16 (vae fp32)"
+    stages: str = ""  # what it ran of the pipeline: "encode", "denoise", "decode" joined by "+"
 
 
 @dataclass
@@ -195,10 +205,14 @@ class SegmentTask:
     checkpoint: bytes | None
     memory_mode: str = "full"
     init_image: bytes | None = None
+    # False where a decode-only segment follows on another node: reaching the last step then returns
+    # a checkpoint, not images.
+    decode: bool = True
 
     @property
     def last(self) -> bool:
-        return self.end == self.job.run_steps
+        """The segment decodes after its steps and returns images."""
+        return self.end == self.job.run_steps and self.decode
 
 
 @dataclass(frozen=True)

@@ -309,8 +309,9 @@ def _finished(state: FarmState, e: ev.SegmentFinished) -> FarmState:
     if node is not None:
         predicted = 0.0
         if found is not None:
-            needs = dict(found[1].shard.needs)
-            predicted = needs.get(e.memory_mode, found[1].shard.need_gib)
+            shard = found[1].shard
+            needs = dict(shard.decode_needs if shard.decode_only(e.index) else shard.needs)
+            predicted = needs.get(e.memory_mode, shard.need_gib)
         peaks = node.peaks
         if e.peak_gib > 0 and predicted > 0:
             peaks = (peaks + ((predicted, e.peak_gib),))[-PEAKS_KEPT:]
@@ -326,11 +327,12 @@ def _finished(state: FarmState, e: ev.SegmentFinished) -> FarmState:
     shard = replace(shard, node="", progress=e.reached)
     if job.status in FINAL:
         return _put_shard(state, job, shard)  # cancelled while it ran: the result is not wanted
-    if e.reached > e.start:
-        steps = e.reached - e.start
-        run = StepRun(e.node, e.gpu, e.start, e.reached, e.memory_mode, e.seconds, e.precision)
+    stages = _stages(shard.checkpoint is None, e)
+    if stages:
+        run = StepRun(e.node, e.gpu, e.start, e.reached, e.memory_mode, e.seconds, e.precision, stages)
         shard = replace(shard, runs=shard.runs + (run,))
-        state = replace(state, speeds=state.speeds.observe(e.node, job.shape, shard.shard.batch, steps,
+    if e.reached > e.start:
+        state = replace(state, speeds=state.speeds.observe(e.node, job.shape, shard.shard.batch, e.reached - e.start,
                                                            e.denoise_seconds or e.seconds))
     owner = job.spec.owner
     state = replace(state, usage=state.usage.set(owner, state.usage.get(owner, 0.0) + max(0.0, e.seconds)))
@@ -343,6 +345,13 @@ def _finished(state: FarmState, e: ev.SegmentFinished) -> FarmState:
     if shard.rendered and not _has_home_work(state, shard.shard.home):
         state = replace(state, replan=True)  # its node ran out of its own work: the last plan's speeds were off
     return state
+
+
+def _stages(encoded: bool, e: ev.SegmentFinished) -> str:
+    """What of the pipeline a finished segment ran (its provenance): it encoded when it began without
+    a checkpoint, denoised when it ran steps, decoded when it returned images."""
+    ran = (("encode", encoded), ("denoise", e.reached > e.start), ("decode", e.result is not None and not e.stopped))
+    return "+".join(name for name, did in ran if did)
 
 
 def _segment_failed(state: FarmState, e: ev.SegmentFailed) -> FarmState:

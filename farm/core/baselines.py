@@ -10,18 +10,21 @@ placement and nothing else:
 * `one_sample_per_task`: one task per sample with every step, batch 1, in queue order (priority,
   then arrival) to the first idle node it fits: Ray's default placement of `num_gpus=1` tasks, made
   VRAM-aware as a user would with custom resources (plain Ray would run out of memory instead).
+* `without_stage_placement`: this scheduler with every shard's decode kept in its last denoising
+  segment, so a video's shards go only to cards that also hold its decode (bench/stages.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from farm.contracts.domain import Shard
 from farm.contracts.ids import shard_id
 from farm.core import costmodel, planner
 from farm.core.actions import Action, Record
 from farm.core.apply import apply
-from farm.core.decide import interrupts, nodes_in_order, probes, shards_in_order, start, writes
+from farm.core.decide import decide, interrupts, nodes_in_order, probes, shards_in_order, start, writes
 from farm.core.events import ShardsPlanned
 from farm.core.state import FarmState, JobState
 from farm.core.transitions import WAITING
@@ -99,3 +102,8 @@ def one_sample_per_task(state: FarmState, now: float) -> list[Action]:
                 out.append(start(state, node.info.name, s.shard.id, mode))
                 idle.remove(node)
     return out
+
+
+def without_stage_placement(state: FarmState, now: float) -> list[Action]:
+    """`decide` with `Settings.place_stages` off: the same planner and dispatch, no decode-only segments."""
+    return decide(replace(state, settings=replace(state.settings, place_stages=False)), now)

@@ -11,6 +11,9 @@ resident weights plus that component's activations, so a shard's peak is the lar
                 the slowest (every step moves the denoiser's weights over PCIe)
 * *_tiled       the VAE decodes in tiles, which bounds its activations at a tile's worth
 
+A node that runs only some of a shard's components (its decode runs on another node: `roles`) needs
+only the peaks of those.
+
 Activations are `fixed + per_sample * batch * scale`, where `scale` is the latent token count
 relative to the measured reference shape (pixels times latent frames). Every figure comes from
 ../shared/data/gpu_backbones_h100.json and gpu_stages_h100.json (fp16/bf16 on an H100, read with
@@ -50,6 +53,14 @@ class Role(StrEnum):
     TEXT = "text"
     DENOISER = "denoiser"
     DECODER = "decoder"
+
+
+# The components a segment runs: a whole shard on one node runs them all; a shard whose decode fits
+# no memory mode of its node runs encode and denoise there and its decode as a segment of its own on
+# a node the decode fits (`farm.core.planner`).
+ALL_ROLES = frozenset(Role)
+DENOISE_ROLES = frozenset({Role.TEXT, Role.DENOISER})
+DECODE_ROLES = frozenset({Role.DECODER})
 
 
 class MemoryMode(StrEnum):
@@ -292,11 +303,13 @@ class Shape:
 
 @dataclass(frozen=True)
 class Fit:
-    """How a node runs a shard: memory mode, batch, and the predicted peak (GiB)."""
+    """How a node runs a shard: memory mode, batch, and the predicted peak (GiB). `decodes` False: the
+    node holds the shard's encode and denoise but not its decode, which runs on another node."""
 
     mode: MemoryMode
     batch: int
     need_gib: float
+    decodes: bool = True
 
 
 def sized(base: ModelProfile, name: str, components: Sequence[Component], compute_scale: float) -> ModelProfile:
@@ -339,10 +352,12 @@ def component_peak_gib(shape: Shape, name: str, batch: int, mode: MemoryMode = M
     return resident + comp.activation_gib(batch, shape.scale, mode.tiled) * a_scale
 
 
-def shard_peak_gib(shape: Shape, batch: int, mode: MemoryMode = MemoryMode.FULL) -> float:
-    """Peak VRAM of a shard of `batch` samples: the largest of its components' peaks (every component
-    runs for a shard: the text encoders, the denoiser, the decoder)."""
-    return max(component_peak_gib(shape, c.name, batch, mode) for c in shape.profile.components)
+def shard_peak_gib(shape: Shape, batch: int, mode: MemoryMode = MemoryMode.FULL,
+                   roles: frozenset[Role] = ALL_ROLES) -> float:
+    """Peak VRAM of a shard of `batch` samples on a node that runs the components of `roles` (all of
+    them unless its decode runs elsewhere): the largest of their peaks. Full mode still counts every
+    component's weights resident (a node that decoded before may hold the VAE)."""
+    return max(component_peak_gib(shape, c.name, batch, mode) for c in shape.profile.components if c.role in roles)
 
 
 def usable_gib(vram_gib: float) -> float:
@@ -351,44 +366,46 @@ def usable_gib(vram_gib: float) -> float:
 
 
 def max_batch(shape: Shape, vram_gib: float, mode: MemoryMode = MemoryMode.FULL, limit: int = 1024,
-              correction: float = 1.0) -> int:
+              correction: float = 1.0, roles: frozenset[Role] = ALL_ROLES) -> int:
     """The largest batch whose peak (times the node's correction) fits its usable budget; 0 if none."""
     budget = usable_gib(vram_gib)
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if shard_peak_gib(shape, mid, mode) * correction <= budget:
+        if shard_peak_gib(shape, mid, mode, roles) * correction <= budget:
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-def fits(shape: Shape, vram_gib: float, want: int, correction: float = 1.0) -> list[Fit]:
+def fits(shape: Shape, vram_gib: float, want: int, correction: float = 1.0,
+         roles: frozenset[Role] = ALL_ROLES) -> list[Fit]:
     """For each batch from 1 up to the largest the node holds (at most `want`), the cheapest mode
     that holds it; empty when not even one sample fits."""
-    caps = {mode: max_batch(shape, vram_gib, mode, want, correction) for mode in MODES}
+    caps = {mode: max_batch(shape, vram_gib, mode, want, correction, roles) for mode in MODES}
     out = []
     for batch in range(1, max(caps.values()) + 1):
         mode = next(m for m in MODES if caps[m] >= batch)
-        out.append(Fit(mode, batch, shard_peak_gib(shape, batch, mode)))
+        out.append(Fit(mode, batch, shard_peak_gib(shape, batch, mode, roles), Role.DECODER in roles))
     return out
 
 
-def best_fit(shape: Shape, vram_gib: float, want: int, correction: float = 1.0) -> Fit | None:
+def best_fit(shape: Shape, vram_gib: float, want: int, correction: float = 1.0,
+             roles: frozenset[Role] = ALL_ROLES) -> Fit | None:
     """The largest batch up to `want` that the node holds in any mode, in the cheapest mode that holds
     it; None when not even one sample fits."""
-    caps = {mode: max_batch(shape, vram_gib, mode, want, correction) for mode in MODES}
+    caps = {mode: max_batch(shape, vram_gib, mode, want, correction, roles) for mode in MODES}
     batch = max(caps.values())
     if batch == 0:
         return None
     mode = next(m for m in MODES if caps[m] == batch)
-    return Fit(mode, batch, shard_peak_gib(shape, batch, mode))
+    return Fit(mode, batch, shard_peak_gib(shape, batch, mode, roles), Role.DECODER in roles)
 
 
-def mode_needs(shape: Shape, batch: int) -> tuple[tuple[str, float], ...]:
+def mode_needs(shape: Shape, batch: int, roles: frozenset[Role] = ALL_ROLES) -> tuple[tuple[str, float], ...]:
     """(mode, peak GiB) of a batch in every mode that can run it at all, cheapest in time first."""
-    peaks = ((str(mode), shard_peak_gib(shape, batch, mode)) for mode in MODES)
+    peaks = ((str(mode), shard_peak_gib(shape, batch, mode, roles)) for mode in MODES)
     return tuple((mode, peak) for mode, peak in peaks if math.isfinite(peak))
 
 
@@ -408,8 +425,11 @@ def does_not_fit(shape: Shape, budgets: Sequence[float]) -> DoesNotFit:
 
 
 def check_fits(shape: Shape, budgets: Sequence[float]) -> None:
-    """Refuse a job that fits no node in any memory mode, naming the VRAM it would need."""
-    if not any(best_fit(shape, b, 1) for b in budgets):
+    """Refuse a job that fits no node in any memory mode, naming the VRAM it would need. A job whose
+    encode and denoise fit one node and decode another fits: the planner runs its decode apart."""
+    if any(best_fit(shape, b, 1) for b in budgets):
+        return
+    if not all(any(best_fit(shape, b, 1, roles=roles) for b in budgets) for roles in (DENOISE_ROLES, DECODE_ROLES)):
         raise does_not_fit(shape, budgets)
 
 

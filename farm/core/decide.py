@@ -101,6 +101,7 @@ def context(state: FarmState, skip: Iterable[str] = ()) -> planner.PlanContext:
         stored={n.info.name: n.stored for n in state.nodes.values()},
         links={n.info.name: n.link_bytes_per_s for n in state.nodes.values()},
         lists={n.info.name: (n.allow_models, n.deny_models) for n in state.nodes.values()},
+        place_stages=state.settings.place_stages,
     )
 
 
@@ -173,9 +174,14 @@ def next_check(state: FarmState) -> float | None:
 
 
 def fits_somewhere(state: FarmState, job: JobState, nodes: Iterable[NodeRecord]) -> bool:
-    """Some node holds a sample in VRAM and its owner's model lists allow the job's model."""
-    return any(costmodel.best_fit(job.shape, n.info.vram_gib, 1, n.peak_factor) for n in nodes
-               if model_lists.allows_job(job.spec.model, job.adapters, n.allow_models, n.deny_models))
+    """Some node whose owner's model lists allow the job's model holds a sample in VRAM, or (with
+    stage placement) its encode and denoise while some such node holds its decode."""
+    allowed = [n for n in nodes if model_lists.allows_job(job.spec.model, job.adapters, n.allow_models, n.deny_models)]
+    if any(costmodel.best_fit(job.shape, n.info.vram_gib, 1, n.peak_factor) for n in allowed):
+        return True
+    return state.settings.place_stages and all(
+        any(costmodel.best_fit(job.shape, n.info.vram_gib, 1, n.peak_factor, roles) for n in allowed)
+        for roles in (costmodel.DENOISE_ROLES, costmodel.DECODE_ROLES))
 
 
 def plan(state: FarmState, now: float) -> ShardsPlanned:
@@ -232,10 +238,12 @@ def ready_segments(state: FarmState, job_ids: Iterable[str]) -> list[ReadySegmen
         for s in shards_in_order(job):
             if not s.rendered and not s.node:
                 needs = s.shard.needs
-                if s.next_index == len(s.shard.bounds) - 1:
+                if s.shard.decode_only(s.next_index):  # no steps: priced by the decode alone
+                    needs = last_segment_modes(job.shape, s.shard.batch, 0, s.shard.decode_needs)
+                elif s.next_index == len(s.shard.bounds) - 1:
                     needs = last_segment_modes(job.shape, s.shard.batch, s.shard.bounds[-1][1] - s.step, needs)
                 out.append(ReadySegment(s.shard.id, s.next_index, s.shard.home, s.shard.need_gib, job_id,
-                                        job.spec.model, job.spec.priority, needs))
+                                        job.spec.model, job.spec.priority, needs, s.shard.decode_only(s.next_index)))
     return out
 
 
@@ -327,7 +335,7 @@ def dispatch(state: FarmState, now: float) -> list[Action]:
         by_node = {n.info.name: n for n in table}
         for a in planner.plan_tick(segs, table, missing, finish):
             seg = by_seg[(a.shard_id, a.index)]
-            if a.node != seg.home:
+            if a.node != seg.home and not seg.decode_only:
                 out.append(Record(moved(state, seg, by_node[a.node], now)))
             out.append(start(state, a.node, a.shard_id, a.memory_mode))
             taken.add(a.node)

@@ -3,12 +3,15 @@
 Two decisions, both pure functions of plain tables so they are tested without Ray or torch:
 
 * `plan_queue` / `shard_job` (at admission; again over unstarted work when a job arrives or a node
-  runs out of home work): a job goes only to nodes whose VRAM holds one sample in some memory mode.
-  Each sample goes to the node where it would finish first, counting the node's queued home work
-  and, where it does not hold the model, the load; on idle nodes that is a share proportional to
-  speed. A node's share is cut into shards of the largest batch its budget holds (unless a smaller
-  one runs a sample as fast: video), and each shard into segments of about `segment_seconds` on it
-  (at least two).
+  runs out of home work): a job goes only to nodes whose VRAM holds one sample in some memory mode,
+  or its encode and denoise when its decode fits another node (then the shard's last segment is an
+  empty `(end, end)` that only decodes, from the checkpoint, placed like any waiting segment).
+  Samples go chunk by chunk where the farm would finish earliest, counting the node's queued home
+  work, the load where it does not hold the model, and what a small batch or a load wastes for the
+  work left (`split_samples`): a chunk is a whole batch while much work is left to place and shrinks
+  to one sample for the last; on idle nodes a lone job gets about a share proportional to speed. A
+  node's share is cut into shards of the largest batch its budget holds (unless a smaller one runs a
+  sample as fast: video), and each shard into segments of about `segment_seconds` on it (at least two).
 * `plan_tick` (every tick): each idle node takes one ready segment; `ready` comes in queue order
   (`farm.core.order`). A node's own shards go first (batch and segment length were sized for it; one
   LONG_FIRST times longer than the queue's choice before it, so long videos do not start last), unless
@@ -17,11 +20,12 @@ Two decisions, both pure functions of plain tables so they are tested without Ra
   time left picks first, so a fast card that frees up takes over the longest samples of slow ones);
   any other waiting segment then goes to an idle node it fits in some memory mode, preferring one that
   already holds its model, then the fastest. So no node idles while a segment that fits it waits.
+  A decode-only segment goes first, the same way: it ends its shard in seconds and only the cards
+  with the most room hold it, so it must not wait behind their own long work.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,7 +34,7 @@ from farm.contracts.domain import Assignment, NodeInfo, NodeState, ReadySegment,
 from farm.contracts.ids import shard_id
 from farm.core import costmodel, model_lists
 from farm.core.costmodel import Fit, Shape
-from farm.core.speed import SpeedBook, load_seconds, reference_decode_seconds
+from farm.core.speed import SpeedBook, load_seconds, reference_decode_seconds, streamed_step_seconds
 
 # Target duration of one segment: bounds the work a crash loses and how long an owner waits to get
 # the GPU back, while keeping hand-offs (a checkpoint each) rare.
@@ -64,6 +68,8 @@ class PlanContext:
     stored        those of them each node holds on disk
     links         bytes per second each node's last transfer measured
     lists         each node's owner's (allow, deny) model patterns (`farm.core.model_lists`)
+    place_stages  a decode that fits no memory mode of a shard's node runs as a segment of its own on
+                  a node it fits (False: every shard decodes where it denoises, bench/stages.py's baseline)
     """
 
     speeds: SpeedBook = field(default_factory=SpeedBook)
@@ -75,6 +81,7 @@ class PlanContext:
     stored: Mapping[str, frozenset[str]] = field(default_factory=dict)
     links: Mapping[str, float] = field(default_factory=dict)
     lists: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    place_stages: bool = True
 
     def allows(self, node: str, model: str, adapters: tuple[str, ...] = ()) -> bool:
         """Whether the node's owner lets it hold `model` and the job's LoRA adapters."""
@@ -140,22 +147,46 @@ class _Option:
 
 
 def _sample_seconds(shape: Shape, steps: int, fit: Fit, node: NodeInfo, speeds: SpeedBook) -> float:
-    """Expected seconds of one sample on a node in a shard of `fit`: its steps and its decode."""
+    """Expected seconds of one sample on a node in a shard of `fit`: its steps (in a streamed memory
+    mode each step also moves the denoiser's weights over PCIe, at any card's speed) and its decode."""
     decode = reference_decode_seconds(shape, 1, fit.mode.tiled) * speeds.factor(node, shape.family)
-    return speeds.seconds_per_sample_step(node, shape, fit.batch) * steps + decode
+    streamed = streamed_step_seconds(shape) / fit.batch if fit.mode.streamed else 0.0
+    return (speeds.seconds_per_sample_step(node, shape, fit.batch) + streamed) * steps + decode
+
+
+def decode_batch(shape: Shape, nodes: Iterable[NodeInfo], context: PlanContext, want: int) -> int:
+    """The largest batch (up to `want`) whose decode alone fits some node in some memory mode: a shard
+    whose own node cannot decode it is no larger, so its decode-only segment has a node to run on."""
+    return max((costmodel.max_batch(shape, n.vram_gib, mode, want, context.peak_factors.get(n.name, 1.0),
+                                    costmodel.DECODE_ROLES)
+                for n in nodes for mode in costmodel.MODES), default=0)
+
+
+def node_fits(shape: Shape, node: NodeInfo, want: int, context: PlanContext, decodable: int) -> list[Fit]:
+    """`costmodel.fits` of a node, batch by batch. With stage placement, a node that holds no sample
+    with its decode in any memory mode holds the batches it runs without it (`Fit.decodes` False),
+    up to `decodable`, the largest whose decode fits some node. A node that holds a sample whole keeps
+    its shards whole (no hand-off before the decode), even where dropping the decode would fit a
+    larger batch."""
+    correction = context.peak_factors.get(node.name, 1.0)
+    whole = costmodel.fits(shape, node.vram_gib, want, correction)
+    if whole or not context.place_stages or not decodable:
+        return whole
+    return costmodel.fits(shape, node.vram_gib, min(want, decodable), correction, costmodel.DENOISE_ROLES)
 
 
 def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) -> list[_Option]:
     """The nodes that hold at least one sample, each with its batch: the largest its budget holds,
     except where a smaller batch runs a sample as fast (within BATCH_GAIN). Image models get faster
     per sample up to the largest batch; video models do not, and a shard of one video is one that
-    another card can take. Raises DoesNotFit (admission) when no node holds a sample."""
+    another card can take. A node that holds the denoiser but not the decode is one where the decode
+    fits some node (`node_fits`). Raises DoesNotFit (admission) when no node holds a sample."""
     out = []
+    decodable = decode_batch(demand.shape, nodes, context, len(demand.samples)) if context.place_stages else 0
     for node in nodes:
         if not context.allows(node.name, demand.model, demand.adapters):
             continue  # its owner's list refuses the model
-        correction = context.peak_factors.get(node.name, 1.0)
-        fits = costmodel.fits(demand.shape, node.vram_gib, len(demand.samples), correction)
+        fits = node_fits(demand.shape, node, len(demand.samples), context, decodable)
         if not fits:
             continue
         seconds = [_sample_seconds(demand.shape, demand.steps, f, node, context.speeds) for f in fits]
@@ -167,32 +198,60 @@ def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) ->
     return out
 
 
-def split_samples(demand: Demand, options: Sequence[_Option], context: PlanContext) -> list[int]:
-    """How many samples each node gets: each sample goes where it would finish first.
+def split_samples(demand: Demand, options: Sequence[_Option], context: PlanContext, after: float = 0.0) -> list[int]:
+    """How many samples each node gets: chunk by chunk, each chunk where the farm would finish earliest.
 
-    A node's clock starts at its backlog, plus the model load where it does not hold the model and the
-    transfer where its disk lacks a model only the head holds (so a transfer is weighed against waiting
-    behind the work of the nodes that have it); each sample adds its steps and decode at the node's
-    learned (or declared) speed and its batch. With no backlog and no loads this is a share proportional
-    to speed, to within one sample.
+    A node's clock starts at its backlog (plus the transfer where its disk lacks a model only the head
+    holds), its first chunk pays the model load where it does not hold the model, and each sample adds
+    its steps and decode at the node's learned (or declared) speed and batch. A node's chunk is the
+    samples it would run in its share of the work still to place (this job's samples left plus `after`,
+    the reference-seconds of the jobs of its priority placed after it, spread over the job's nodes by
+    speed), at most its batch: whole batches while much is left, single samples for the last.
+
+    A chunk goes where the later of two finishes is earliest: the node's own, and the level all the
+    job's nodes would reach with the work left spread over them by speed, which the chunk raises by
+    what it wastes (a model load, and the seconds its batch runs a sample slower than the node that
+    runs the job best). So while nodes are below that level a job stays on the nodes that hold its
+    model, in the batches that run it fastest (placed one sample at a time where each finishes first,
+    every job would spread over every node in small batches that pay a batch's per-step cost for a few
+    samples, and load its model everywhere), ties going to the slower node so the fast ones keep room
+    for the work only they run well; near the level each chunk goes where it finishes first. With no
+    backlog, no loads and nothing after it this is about a share proportional to speed.
     """
-    heap = []
+    clocks = []
+    loads = []
     per_sample = []
-    for i, opt in enumerate(options):
-        seconds = _sample_seconds(demand.shape, demand.steps, opt.fit, opt.node, context.speeds)
-        start = context.backlog.get(opt.node.name, 0.0)
-        if demand.model not in context.loaded.get(opt.node.name, frozenset()):
-            start += load_seconds(demand.shape)
-        start += context.fetch_seconds(opt.node.name, demand.model)
-        per_sample.append(seconds)
-        heap.append((start + seconds, -opt.node.speed, i))
-    heapq.heapify(heap)
+    for opt in options:
+        clocks.append(context.backlog.get(opt.node.name, 0.0) + context.fetch_seconds(opt.node.name, demand.model))
+        held = demand.model in context.loaded.get(opt.node.name, frozenset())
+        loads.append(0.0 if held else load_seconds(demand.shape))
+        per_sample.append(_sample_seconds(demand.shape, demand.steps, opt.fit, opt.node, context.speeds))
+    rates = [context.speeds.relative_speed(o.node, demand.shape.family) for o in options]
+    reference = _reference_seconds(demand, options, context.speeds)
+    capacity = sum(rates)
     counts = [0] * len(options)
-    for _ in demand.samples:
-        finish, order, i = heapq.heappop(heap)
-        counts[i] += 1
-        heapq.heappush(heap, (finish + per_sample[i], order, i))
+    left = len(demand.samples)
+    while left:
+        share = (after + left * reference) / capacity  # seconds of the work left each node gets
+        level = share + sum(r * c for r, c in zip(rates, clocks)) / capacity
+        moves = []
+        for k, (opt, t, r) in enumerate(zip(options, per_sample, rates)):
+            chunk = min(opt.fit.batch, left, max(1, math.floor(share / t)))
+            load = loads[k] if counts[k] == 0 else 0.0
+            finish = clocks[k] + load + chunk * t
+            waste = load + chunk * (t - reference / r)
+            moves.append((max(finish, level + waste * r / capacity), opt.node.speed, finish, k, chunk, load))
+        *_, k, chunk, load = min(moves)
+        counts[k] += chunk
+        clocks[k] += load + chunk * per_sample[k]
+        left -= chunk
     return counts
+
+
+def _reference_seconds(demand: Demand, options: Sequence[_Option], speeds: SpeedBook) -> float:
+    """Reference-seconds of one sample of the job on the node that runs it most efficiently (its batch)."""
+    return min(_sample_seconds(demand.shape, demand.steps, o.fit, o.node, speeds)
+               * speeds.relative_speed(o.node, demand.shape.family) for o in options)
 
 
 def _shards(job_id: str, demand: Demand, options: Sequence[_Option], counts: Sequence[int],
@@ -207,16 +266,22 @@ def _shards(job_id: str, demand: Demand, options: Sequence[_Option], counts: Seq
             sized = opt.smaller[size - 1]
             per = segment_steps(context.speeds.step_seconds(opt.node, demand.shape, size), context.segment_seconds)
             cap = min(per, max_segment_steps) if max_segment_steps else per
+            bounds = segment_bounds(demand.steps, cap)
+            roles, decode_needs = costmodel.ALL_ROLES, ()
+            if not sized.decodes:  # the decode runs on its own, from the last checkpoint, where it fits
+                roles, bounds = costmodel.DENOISE_ROLES, bounds + ((demand.steps, demand.steps),)
+                decode_needs = costmodel.mode_needs(demand.shape, size, costmodel.DECODE_ROLES)
             shards.append(
                 Shard(
                     id=shard_id(job_id, demand.first_shard + len(shards)),
                     job_id=job_id,
                     sample_indices=demand.samples[cursor : cursor + size],
                     home=opt.node.name,
-                    bounds=segment_bounds(demand.steps, cap),
+                    bounds=bounds,
                     need_gib=sized.need_gib,
                     memory_mode=str(sized.mode),
-                    needs=costmodel.mode_needs(demand.shape, size),
+                    needs=costmodel.mode_needs(demand.shape, size, roles),
+                    decode_needs=decode_needs,
                 )
             )
             cursor += size
@@ -244,6 +309,10 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
                for job_id, d in demands}
     order = sorted(range(len(demands)),
                    key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], -longest[demands[i][0]], i))
+    work = {job_id: len(d.samples) * _reference_seconds(d, options[job_id], context.speeds) for job_id, d in demands}
+    after = {d.priority: 0.0 for _, d in demands}  # a job's level counts only work of its own priority
+    for job_id, d in demands:
+        after[d.priority] += work[job_id]
     backlog = {n.name: context.backlog.get(n.name, 0.0) for n in nodes}
     loaded = {n.name: context.loaded.get(n.name, frozenset()) for n in nodes}
     stored = {n.name: context.stored.get(n.name, frozenset()) for n in nodes}
@@ -252,7 +321,8 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
     for i in order:
         job_id, demand = demands[i]
         step = replace(context, backlog=backlog, loaded=loaded, stored=stored)
-        counts = split_samples(demand, options[job_id], step)
+        after[demand.priority] -= work[job_id]
+        counts = split_samples(demand, options[job_id], step, after[demand.priority])
         out[job_id] = _shards(job_id, demand, options[job_id], counts, max_segment_steps, step)
         for shard in out[job_id]:
             backlog[shard.home] += shard_seconds(shard, demand.shape, 0, by_name[shard.home], context.speeds)
@@ -268,10 +338,12 @@ def plan_shards(job_id: str, demand: Demand, nodes: Sequence[NodeInfo], max_segm
 
 
 def shard_seconds(shard: Shard, shape: Shape, from_step: int, node: NodeInfo, speeds: SpeedBook) -> float:
-    """Expected seconds of a shard on `node` from step `from_step`: the steps left and the decode."""
-    tiled = costmodel.MemoryMode(shard.memory_mode).tiled
-    decode = reference_decode_seconds(shape, shard.batch, tiled) * speeds.factor(node, shape.family)
-    return (shard.bounds[-1][1] - from_step) * speeds.step_seconds(node, shape, shard.batch) + decode
+    """Expected seconds of a shard on `node` from step `from_step`: the steps left (streaming the
+    denoiser's weights each step in a streamed memory mode) and the decode."""
+    mode = costmodel.MemoryMode(shard.memory_mode)
+    decode = reference_decode_seconds(shape, shard.batch, mode.tiled) * speeds.factor(node, shape.family)
+    step = speeds.step_seconds(node, shape, shard.batch) + (streamed_step_seconds(shape) if mode.streamed else 0.0)
+    return (shard.bounds[-1][1] - from_step) * step + decode
 
 
 def backlog_seconds(pending: Iterable[tuple[Shard, Shape, int]], nodes: Sequence[NodeInfo],
@@ -311,7 +383,8 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
     it a shard stays home and the queue's order holds. Then each
     waiting segment, in queue order, goes to an idle node it fits in some memory mode, one that holds
     its model first, then one whose disk has it (`missing`: the models each node would fetch from the
-    head first), then the fastest. So no node idles while a segment that fits it waits.
+    head first), then the fastest. So no node idles while a segment that fits it waits. Decode-only
+    segments are placed that way before any other (see the module docstring).
     """
     lacks = missing or {}
     idle = {n.info.name: n for n in nodes if n.online and not n.busy}
@@ -323,9 +396,23 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
         taken.add((seg.shard_id, seg.index))
         del idle[name]
 
+    def anywhere(seg: ReadySegment) -> None:
+        """`seg` to an idle node it fits: one that holds its model, then one whose disk has it, then the fastest."""
+        modes = {name: m for name, n in idle.items() if (m := _mode_on(seg, n)) is not None}
+        if modes:
+            best = min((idle[name] for name in modes),
+                       key=lambda n: (seg.model not in n.loaded, seg.model in lacks.get(n.info.name, ()),
+                                      -n.info.speed, n.info.name))
+            assign(best.info.name, seg, modes[best.info.name])
+
+    for seg in ready:  # a decode-only segment ends its shard in seconds, on one of the few cards it fits
+        if seg.decode_only and idle:
+            anywhere(seg)
     own: dict[str, list[tuple[ReadySegment, str]]] = {}
     for seg in ready:
-        if seg.home in idle and (mode := _mode_on(seg, idle[seg.home])) is not None:
+        if seg.home not in idle or (seg.shard_id, seg.index) in taken:
+            continue
+        if (mode := _mode_on(seg, idle[seg.home])) is not None:
             own.setdefault(seg.home, []).append((seg, mode))
     free = [n for n in idle.values() if n.info.name not in own]
     picks = []
@@ -348,12 +435,6 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
     for seg in ready:
         if not idle:
             break
-        if (seg.shard_id, seg.index) in taken:
-            continue
-        modes = {name: m for name, n in idle.items() if (m := _mode_on(seg, n)) is not None}
-        if modes:
-            best = min((idle[name] for name in modes),
-                       key=lambda n: (seg.model not in n.loaded, seg.model in lacks.get(n.info.name, ()),
-                                      -n.info.speed, n.info.name))
-            assign(best.info.name, seg, modes[best.info.name])
+        if (seg.shard_id, seg.index) not in taken:
+            anywhere(seg)
     return out

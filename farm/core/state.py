@@ -35,6 +35,7 @@ class Settings:
     max_segment_steps: int | None = None  # cap on steps per segment; None: about `segment_seconds`
     segment_seconds: float = 30.0
     max_unfinished_per_user: int | None = 100  # a user's queued, running and paused jobs (None: no cap)
+    place_stages: bool = True  # a decode that fits no mode of a shard's node runs elsewhere (`planner.PlanContext`)
 
 
 @dataclass(frozen=True)

@@ -137,13 +137,15 @@ def _line(before: FarmState, after: FarmState, e: ev.Event) -> Line | None:
             return "shard_moved", found[0].id if found else "", e.node, f"{e.shard_id} {e.reason}"
         case ev.SegmentStarted():
             job_id = after.shard(e.shard_id)[0].id  # type: ignore[index]
-            return "segment_started", job_id, e.node, f"{e.shard_id}#{e.index} steps {e.start}-{e.end}"
+            what = "decode only" if e.start == e.end else f"steps {e.start}-{e.end}"  # a decode-only segment
+            return "segment_started", job_id, e.node, f"{e.shard_id}#{e.index} {what}"
         case ev.SegmentFinished():
             found = before.shard(e.shard_id)
             job_id = found[0].id if found else ""
             if e.stopped:
                 return "segment_paused", job_id, e.node, f"{e.shard_id} checkpointed at step {e.reached}"
-            return "segment_finished", job_id, e.node, f"{e.shard_id}#{e.index} in {e.seconds:.1f}s"
+            what = " decoded" if e.start == e.reached else ""
+            return "segment_finished", job_id, e.node, f"{e.shard_id}#{e.index}{what} in {e.seconds:.1f}s"
         case ev.SegmentFailed():
             found = before.shard(e.shard_id)
             return "segment_failed", found[0].id if found else "", e.node, f"{e.shard_id}: {e.reason}"

@@ -26,7 +26,10 @@ FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
     "ltxv": ("flow_euler",),
     "wan21": FLOW_SAMPLERS,
     "wan22": FLOW_SAMPLERS,
+    "wan21_i2v": FLOW_SAMPLERS,
+    "wan22_i2v": FLOW_SAMPLERS,
     "hunyuanvideo15": ("flow_euler",),
+    "hunyuanvideo15_i2v": ("flow_euler",),
 }
 
 # The dtype each family runs in on a GPU, as diffusers runs it: fp16 for the SD family (SDXL's VAE
@@ -41,7 +44,10 @@ PRECISION: dict[str, tuple[str, dict[str, str]]] = {
     "ltxv": ("bf16", {}),
     "wan21": ("bf16", {"vae": "fp32"}),
     "wan22": ("bf16", {"vae": "fp32"}),
+    "wan21_i2v": ("bf16", {"vae": "fp32", "image_encoder": "fp32"}),  # the CLIP encoder too, as diffusers' example
+    "wan22_i2v": ("bf16", {"vae": "fp32"}),
     "hunyuanvideo15": ("bf16", {}),
+    "hunyuanvideo15_i2v": ("bf16", {}),
 }
 
 
@@ -64,6 +70,9 @@ class ModelInfo:
     default_guidance: float = 7.5
     # A real model's folder on this PC (a local diffusers folder or a cached Hugging Face snapshot).
     source: str | None = None
+    # HunyuanVideo-1.5 I2V sizes its video from the init image: about this side squared in pixels, at
+    # the image's aspect ratio (the transformer's `target_size`); 0: width and height are the job's.
+    image_target_size: int = 0
 
     @property
     def samplers(self) -> tuple[str, ...]:
@@ -134,10 +143,28 @@ MODELS: dict[str, ModelInfo] = {
         default_steps=8, description="tiny Wan-2.2-architecture pipeline (high- and low-noise experts) built in code",
         max_frames=33, fps=16, default_sampler="unipc",
     ),
+    # Image-to-video: the Wan checkpoints that start from an init image (one is required), costed as
+    # Wan 2.1 (the same transformer size; `wan21_i2v`'s CLIP image encoder, 0.6 B, is not priced).
+    "tiny-wan21-i2v": ModelInfo(
+        name="tiny-wan21-i2v", family="wan21_i2v", profile="wan21", cost_scale=26, max_size=64, default_size=32,
+        default_steps=8, description="tiny Wan-2.1-I2V-architecture pipeline (CLIP image encoder) built in code",
+        max_frames=33, fps=16, default_sampler="unipc",
+    ),
+    "tiny-wan22-i2v": ModelInfo(
+        name="tiny-wan22-i2v", family="wan22_i2v", profile="wan21", cost_scale=26, max_size=64, default_size=32,
+        default_steps=8, description="tiny Wan-2.2-I2V-A14B-architecture pipeline (two experts) built in code",
+        max_frames=33, fps=16, default_sampler="unipc",
+    ),
     "tiny-hunyuan15": ModelInfo(
         name="tiny-hunyuan15", family="hunyuanvideo15", profile="hunyuanvideo15", cost_scale=26, max_size=64,
         default_size=32, default_steps=8, description="tiny HunyuanVideo-1.5-architecture pipeline built in code",
         max_frames=33, fps=24, default_sampler="flow_euler",
+    ),
+    "tiny-hunyuan15-i2v": ModelInfo(
+        name="tiny-hunyuan15-i2v", family="hunyuanvideo15_i2v", profile="hunyuanvideo15", cost_scale=26,
+        max_size=64, default_size=32, default_steps=8, max_frames=33, fps=24, default_sampler="flow_euler",
+        description="tiny HunyuanVideo-1.5 I2V-architecture pipeline (SigLIP image encoder) built in code; "
+                    "needs an init image", image_target_size=32,
     ),
 }
 

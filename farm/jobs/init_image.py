@@ -24,6 +24,10 @@ from farm.contracts.errors import InvalidInput
 
 # Families whose img2img pipeline the farm runs, and how each rounds `get_timesteps`.
 IMG2IMG_FAMILIES = ("sd15", "sdxl", "flux")
+# Image-to-video families: the image is the video's first frame, kept as it is, and every step runs
+# (diffusers' I2V pipelines take no strength). Some are separate checkpoints that need the image.
+I2V_FAMILIES = ("ltxv", "hunyuanvideo15_i2v", "wan21_i2v", "wan22_i2v")
+IMAGE_REQUIRED = ("hunyuanvideo15_i2v", "wan21_i2v", "wan22_i2v")
 FLOAT_START = {"flux"}  # `t_start = int(steps - steps * strength)` rather than `steps - int(steps * strength)`
 MIN_RUN_STEPS = 2  # as for every job: a shard runs as at least two segments, handed over as a checkpoint
 MAX_FILE_BYTES = 32 << 20  # travels once to the head and once to the node that encodes it
@@ -53,9 +57,46 @@ def first_step(family: str, steps: int, strength: float) -> int:
 
 
 def check_family(family: str, model: str) -> None:
-    if family not in IMG2IMG_FAMILIES:
+    if family not in IMG2IMG_FAMILIES + I2V_FAMILIES:
         raise InvalidInput("init_image", f"{model} ({family}) takes no init image; img2img families: "
-                           f"{', '.join(IMG2IMG_FAMILIES)}")
+                           f"{', '.join(IMG2IMG_FAMILIES)}; image-to-video: {', '.join(I2V_FAMILIES)}")
+
+
+def check_video_strength(family: str, value: Any) -> None:
+    """Image-to-video keeps the image as the first frame and runs every step: no strength but 1."""
+    if value is not None and value != 1:
+        raise InvalidInput("strength", f"does not apply to image-to-video ({family}: the image is kept as the "
+                           f"first frame); leave it out or give 1, got {value!r}")
+
+
+def image_required(family: str, model: str) -> None:
+    if family in IMAGE_REQUIRED:
+        raise InvalidInput("init_image", f"{model} ({family}) is an image-to-video model: it needs an init image "
+                           "(a PNG, JPEG or WebP file)")
+
+
+def bucket_size(data: bytes, target: int, patch: int) -> tuple[int, int]:
+    """HunyuanVideo-1.5 I2V's output (width, height) for an image: of the sizes of about `target`**2
+    pixels in `patch` multiples with aspect ratios up to 4, the one closest to the image's ratio on
+    the image's side of square (diffusers' `HunyuanVideo15ImageProcessor.calculate_default_height_width`,
+    which the pipeline applies instead of taking a width and height)."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+    patches, sizes = round((target / patch) ** 2), []
+    wide, high = patches, 1
+    while wide > 0:  # `generate_crop_size_list`: (height, width) pairs
+        if max(wide, high) / min(wide, high) <= 4.0:
+            sizes.append((wide * patch, high * patch))
+        if (high + 1) * wide <= patches:
+            high += 1
+        else:
+            wide -= 1
+    aspect = height / width
+    # `get_closest_ratio`: among ratios on the image's side of 1 (ties: the first listed).
+    diffs = [(round(h / w, 5) - aspect, (h, w)) for h, w in sizes]
+    side = [(d, size) for d, size in diffs if (d <= 0 if aspect >= 1 else d >= 0)]
+    best_h, best_w = min(side, key=lambda pair: abs(pair[0]))[1]
+    return best_w, best_h
 
 
 def check_image(data: bytes, field: str = "init_image") -> str:

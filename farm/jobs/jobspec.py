@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,15 @@ MAX_STEPS = 1000
 MAX_SEED_VALUE = 2**63 - 1
 DEFAULT_STRENGTH = 0.75  # A1111's denoising strength
 # Video VAEs compress time by this factor and keep the first frame: a video has k * step + 1 frames.
-FRAME_STEP: dict[str, int] = {"ltxv": 8, "wan21": 4, "wan22": 4, "hunyuanvideo15": 4}
+FRAME_STEP: dict[str, int] = {"ltxv": 8, "wan21": 4, "wan22": 4, "hunyuanvideo15": 4, "hunyuanvideo15_i2v": 4,
+                             "wan21_i2v": 4, "wan22_i2v": 4}
 JOB_FIELDS = {"model", "prompts", "seeds", "seed", "steps", "width", "height", "guidance", "sampler",
               "negative_prompt", "priority", "owner", "frames", "loras", "init_image", "strength"}
 # Width and height multiples each family's diffusers pipeline requires (its `check_inputs`): the VAE's
 # spatial factor, times 2 where latents are packed in 2x2 patches (Flux) or the transformer's patch.
 SIZE_MULTIPLE: dict[str, int] = {"sd15": 8, "sdxl": 8, "sdxl_refiner": 8, "flux": 16, "ltxv": 32, "wan21": 16,
-                                 "wan22": 16, "hunyuanvideo15": 16}
+                                 "wan22": 16, "hunyuanvideo15": 16, "hunyuanvideo15_i2v": 16,
+                                 "wan21_i2v": 16, "wan22_i2v": 16}
 
 
 def _int(field: str, value: Any, lo: int, hi: int) -> int:
@@ -61,6 +63,17 @@ def _frames(value: Any, family: str, limit: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit or (value - 1) % step:
         raise InvalidInput("frames", f"must be {step}k+1 from 1 to {limit} (this model's limit), got {value!r}")
     return value
+
+
+def _sized_by_image(image: bytes, target: int, family: str, asked: tuple[Any, Any]) -> tuple[int, int]:
+    """The size a model that buckets its output by the image's aspect ratio renders; a width or height
+    given that differs from it is refused rather than silently replaced."""
+    size = init.bucket_size(image, target, SIZE_MULTIPLE[family])
+    for field_, given, wanted in zip(("width", "height"), asked, size):
+        if given is not None and given != wanted:
+            raise InvalidInput(field_, f"must be {wanted} or left out: this model sizes its video from the init "
+                               f"image's aspect ratio ({size[0]}x{size[1]} for this image), got {given!r}")
+    return size
 
 
 def make_job(
@@ -100,6 +113,7 @@ def make_job(
     first = _int("seed", seed, 0, MAX_SEED_VALUE - n_seeds)
     # At least 2: every shard runs as at least two segments, handed over as a checkpoint.
     steps = _int("steps", info.default_steps if steps is None else steps, 2, MAX_STEPS)
+    asked = (width, height)
     width = _size("width", info.default_size if width is None else width, info.max_size, info.family)
     height = _size("height", info.default_size if height is None else height, info.max_size, info.family)
     guidance = info.default_guidance if guidance is None else guidance
@@ -121,10 +135,17 @@ def make_job(
     if init_image is not None:
         init.check_family(info.family, model)
         digest = init.check_image(init_image)
-        strength_ = init.check_strength(DEFAULT_STRENGTH if strength is None else strength)
-        start = init.first_step(info.family, steps, strength_)
+        if info.family in init.I2V_FAMILIES:
+            init.check_video_strength(info.family, strength)
+        else:
+            strength_ = init.check_strength(DEFAULT_STRENGTH if strength is None else strength)
+            start = init.first_step(info.family, steps, strength_)
+        if info.image_target_size:  # HunyuanVideo-1.5 I2V: the image's aspect ratio sets the size
+            width, height = _sized_by_image(init_image, info.image_target_size, info.family, asked)
     elif strength is not None:
         raise InvalidInput("strength", "applies only with an init image (init_image)")
+    else:
+        init.image_required(info.family, model)
     spec = JobSpec(
         model=model,
         prompts=tuple(prompts),
@@ -171,6 +192,8 @@ class JobRequest:
     owner: str | None = None
     frames: int | None = None
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight)
+    strength: float | None = None
+    init_image: bytes | None = field(default=None, repr=False)  # the image file's bytes, checked for form
 
 
 # The largest side and frame count any family takes: the head checks the model's own limits.
@@ -185,15 +208,13 @@ def _side(field: str, value: Any) -> int:
     return value
 
 
-def check_request(data: dict[str, Any]) -> JobRequest:
-    """A job file's fields checked for form only (types, and the ranges that hold for every model)."""
+def check_request(data: dict[str, Any], init_image: bytes | None = None) -> JobRequest:
+    """A job file's fields checked for form only (types, and the ranges that hold for every model);
+    `init_image` the bytes of the file its `init_image` names (read by the caller)."""
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidInput("model", f"must be a model name (a built-in name, a diffusers folder or a Hugging Face "
                                     f"id on the head), got {model!r:.80}")
-    if "init_image" in data or "strength" in data:
-        raise InvalidInput("init_image", "farm submit sends no init image yet: render img2img jobs with "
-                                         "`farm render --init-image` or `farm run` on the head's PC")
     prompts = data.get("prompts")
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not 1 <= len(prompts) <= MAX_PROMPTS:
         raise InvalidInput("prompts", f"must be a list of 1 to {MAX_PROMPTS} non-empty prompts")
@@ -226,12 +247,30 @@ def check_request(data: dict[str, Any]) -> JobRequest:
                       height=height, guidance=None if guidance is None else float(guidance), sampler=sampler,
                       negative_prompt=negative, priority=_int("priority", data.get("priority", 0), -100, 100),
                       owner=owner, frames=given("frames", lambda v: _int("frames", v, 1, MAX_FRAMES)),
-                      loras=check_lora_form(data.get("loras")))
+                      loras=check_lora_form(data.get("loras")), strength=_strength(data.get("strength"), init_image),
+                      init_image=init_image)
 
 
-def load_job_request(path: Path) -> JobRequest:
-    """A TOML job file checked for form only, for `farm submit` (see `check_request`)."""
-    return check_request(_read_job_file(path))
+def _strength(value: Any, image: bytes | None) -> float | None:
+    """The img2img strength, checked for form (the head checks it against the model's steps)."""
+    if value is None:
+        return None
+    if image is None:
+        raise InvalidInput("strength", "applies only with an init image (init_image)")
+    return init.check_strength(value)
+
+
+def load_job_request(path: Path, init_image: Path | None = None) -> JobRequest:
+    """A TOML job file checked for form only, for `farm submit` (see `check_request`); its
+    `init_image` path is relative to the file's folder, and `init_image` (`--init-image`) overrides it."""
+    data = _read_job_file(path)
+    given = data.pop("init_image", None)
+    image = None
+    if init_image is not None:
+        image = init.read_image(init_image)
+    elif given is not None:
+        image = init.read_image(path.parent / given if isinstance(given, str) else given)
+    return check_request(data, image)
 
 
 def _read_job_file(path: Path) -> dict[str, Any]:

@@ -31,14 +31,17 @@ PIPELINES: dict[str, tuple[str, str]] = {
     "FluxPipeline": ("flux", "flux"),
     "LTXPipeline": ("ltxv", "ltxv"),
     "WanPipeline": ("wan21", "wan21"),
+    # Wan 2.1 I2V's transformer is Wan 2.1 14B's (its CLIP image encoder is not priced); Wan 2.2 below.
+    "WanImageToVideoPipeline": ("wan21_i2v", "wan21"),
     "HunyuanVideo15Pipeline": ("hunyuanvideo15", "hunyuanvideo15"),
+    "HunyuanVideo15ImageToVideoPipeline": ("hunyuanvideo15_i2v", "hunyuanvideo15"),
 }
 
 
 @dataclass(frozen=True)
 class Limits:
     """A family's defaults and limits for real models; guidance is the pipeline's documented default
-    (Flux.1-dev 3.5, Wan 2.1 5.0, Wan 2.2 4.0, LTX-Video 3.0, HunyuanVideo-1.5 6.0)."""
+    (Flux.1-dev 3.5, Wan 2.1 5.0, Wan 2.2 4.0, Wan 2.2 I2V 3.5, LTX-Video 3.0, HunyuanVideo-1.5 6.0)."""
 
     default_size: int
     max_size: int
@@ -57,7 +60,10 @@ LIMITS: dict[str, Limits] = {
     "ltxv": Limits(512, 1280, 40, 257, 25, "flow_euler", 3.0),
     "wan21": Limits(480, 1280, 30, 81, 16, "unipc", 5.0),
     "wan22": Limits(480, 1280, 40, 81, 16, "unipc", 4.0),
+    "wan21_i2v": Limits(480, 1280, 30, 81, 16, "unipc", 5.0),
+    "wan22_i2v": Limits(480, 1280, 40, 81, 16, "unipc", 3.5),
     "hunyuanvideo15": Limits(480, 1280, 30, 121, 24, "flow_euler", 6.0),
+    "hunyuanvideo15_i2v": Limits(480, 1280, 30, 121, 24, "flow_euler", 6.0),
 }
 
 # Pipeline component -> cost-model component, where the names differ. A component the measured
@@ -70,7 +76,10 @@ COST_NAMES: dict[str, dict[str, str]] = {
     "ltxv": {"text_encoder": "t5xxl"},
     "wan21": {"text_encoder": "umt5xxl"},
     "wan22": {"text_encoder": "umt5xxl"},
+    "wan21_i2v": {"text_encoder": "umt5xxl"},
+    "wan22_i2v": {"text_encoder": "umt5xxl"},
     "hunyuanvideo15": {"text_encoder": "qwen25vl", "text_encoder_2": "byt5"},
+    "hunyuanvideo15_i2v": {"text_encoder": "qwen25vl", "text_encoder_2": "byt5"},
 }
 TEMPLATES = {"transformer_2": "transformer"}
 # Hidden width of each measured profile's denoiser: a denoiser's activations scale with its width
@@ -252,11 +261,26 @@ def external_model(name: str) -> ModelInfo | None:
     if cls not in PIPELINES:
         raise InvalidInput("model", f"{name}: pipeline {cls!r} is not supported; supported: {', '.join(PIPELINES)}")
     family, profile = PIPELINES[cls]
-    if family == "wan21" and (index.get("transformer_2") or [None])[0]:
-        family = "wan22"  # Wan 2.2: high- and low-noise experts
+    if family in ("wan21", "wan21_i2v") and (index.get("transformer_2") or [None])[0]:
+        family = family.replace("wan21", "wan22")  # Wan 2.2 (A14B): high- and low-noise experts
+    if family in ("wan21_i2v", "wan22_i2v") and index.get("expand_timesteps"):
+        raise InvalidInput("model", f"{name}: Wan image-to-video with expand_timesteps (Wan 2.2 TI2V 5B) is not "
+                           "supported; supported: Wan 2.1 I2V, Wan 2.2 I2V A14B")
     limits = LIMITS[family]
     key = register(sized_profile(name, family, profile, folder))
     return ModelInfo(name=name, family=family, profile=key, cost_scale=1, max_size=limits.max_size,
                      default_size=limits.default_size, default_steps=limits.default_steps,
                      description=f"{cls} from {folder}", max_frames=limits.max_frames, fps=limits.fps,
-                     default_sampler=limits.sampler, default_guidance=limits.guidance, source=str(folder))
+                     default_sampler=limits.sampler, default_guidance=limits.guidance, source=str(folder),
+                     image_target_size=image_target_size(family, folder))
+
+
+def image_target_size(family: str, folder: Path) -> int:
+    """HunyuanVideo-1.5 I2V's `target_size` (its transformer's config), which with the init image's
+    aspect ratio sets the video's size; 0 for models whose size is the job's."""
+    if family != "hunyuanvideo15_i2v":
+        return 0
+    try:
+        return int(json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))["target_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InvalidInput("model", f"{folder}: transformer/config.json names no target_size") from None

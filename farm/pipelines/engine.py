@@ -198,7 +198,9 @@ class Engine:
     def encode(self, job: JobSpec, samples: tuple[Sample, ...], init_image: bytes | None = None) -> Live:
         """Encode prompts and draw initial latents: the state before step 0. An img2img job's init
         image (its file's bytes) is encoded by the VAE, the decode stage's components, and noised to
-        the job's first step; the checkpoint then carries it, so no later segment needs the image."""
+        the job's first step; the checkpoint then carries it, so no later segment needs the image.
+        An image-to-video job's image goes through the encode stage's image encoder too, and its
+        VAE encoding stays in the conditioning beside the noise."""
         pipe = self.pipe("encode")
         cond = self.family.encode(pipe, job, samples)
         seeds = tuple(s.seed for s in samples)
@@ -206,10 +208,11 @@ class Engine:
         scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
         if job.init_image:
             if init_image is None:
-                raise CheckpointError("the first segment of an img2img job came without its init image")
+                raise CheckpointError("the first segment of a job with an init image came without it")
+            image = conditioning.load_image(init_image)
+            cond.update(self.family.encode_image(pipe, job, image))
             vae = self.pipe("decode")
-            latents = self.family.image_latents(vae, job, cond, conditioning.load_image(init_image), generators,
-                                                scheduler, self.configs)
+            latents = self.family.image_latents(vae, job, cond, image, generators, scheduler, self.configs)
             self.release("decode")
         else:
             latents = self.family.init_latents(pipe, job, cond, generators, scheduler, self.configs)

@@ -386,7 +386,7 @@ class Coordinator:
         # Only the node that encodes (the first segment, no checkpoint yet) gets the init image.
         image = self.blobs.get(job.spec.init_image) if job.spec.init_image and checkpoint is None else None
         task = SegmentTask(job.spec, a.shard_id, tuple(samples[i] for i in shard.sample_indices), a.index, a.start,
-                           a.end, checkpoint, a.mode, image)
+                           a.end, checkpoint, a.mode, image, decode=a.index == len(shard.bounds) - 1)
         try:
             handle = self.executor.submit(a.node, task)
         except Exception as e:  # its actor is gone: the node is, as far as the farm can tell

@@ -172,7 +172,7 @@ class SimExecutor:
         job = self.jobs[job_of_shard(task.shard_id)]
         mode = MemoryMode(task.memory_mode)
         batch = len(task.samples)
-        need = costmodel.shard_peak_gib(job.shape, batch, mode)
+        need = costmodel.shard_peak_gib(job.shape, batch, mode, self.roles(task))
         self._check(need <= costmodel.usable_gib(run.node.info.vram_gib) + 1e-9, f"over budget on {node}")
         for s in task.samples:
             key = (job.job_id, s.index)
@@ -195,6 +195,13 @@ class SimExecutor:
         handle = next(self.handles)
         self.running[handle] = _Running(node, task, self.now + seconds, seconds, denoise)
         return handle
+
+    @staticmethod
+    def roles(task: SegmentTask) -> frozenset[Role]:
+        """The components a segment runs: the encoders when it has no checkpoint yet, the denoiser
+        when it runs steps, the decoder when it ends the shard (a decode-only segment: that alone)."""
+        ran = ((Role.TEXT, task.checkpoint is None), (Role.DENOISER, task.end > task.start), (Role.DECODER, task.last))
+        return frozenset(role for role, runs in ran if runs)
 
     def _check(self, ok: bool, violation: str) -> None:
         """A schedule that breaks the rules: `simulate` raises it (the coordinator would only log it)."""
@@ -224,7 +231,7 @@ class SimExecutor:
         profile = job.shape.profile
         stays = (previous is not None and previous[0].job.model == task.job.model and previous[1].offload
                  and not previous[0].last and task.start > 0)
-        moved = 0.0 if stays else sum(c.weights_gib for c in profile.role(Role.DENOISER))
+        moved = 0.0 if stays or task.end == task.start else sum(c.weights_gib for c in profile.role(Role.DENOISER))
         if task.start == 0:
             moved += sum(c.weights_gib for c in profile.role(Role.TEXT))
         if task.last:

@@ -50,7 +50,8 @@ class Checkpoint:
     `step` counts the denoising loop's iterations (model evaluations): for first-order samplers
     that is the step number; second-order samplers may only be cut where a whole step ends.
     `conditioning` holds the family's encoded prompts by name (e.g. `prompt_embeds`,
-    `pooled_prompt_embeds`), already arranged as the denoiser consumes them.
+    `pooled_prompt_embeds`), already arranged as the denoiser consumes them, and an image-to-video
+    job's encoded image (Wan: `condition`, the first frame's latents and mask; `image_embeds`).
     """
 
     model: str

@@ -88,8 +88,16 @@ class Family(ABC):
                       configs: dict[str, dict]) -> torch.Tensor:
         """img2img: set `scheduler` up for `job.steps` begun at `job.first_step`, encode `image` with
         the VAE of `pipe` (the decode stage's) and noise it to that step, drawing from `generators`
-        as the family's img2img pipeline does. Families without img2img refuse the init image."""
+        as the family's img2img pipeline does. Families without img2img refuse the init image.
+
+        Image-to-video families draw their noise here and put the VAE-encoded image the denoiser takes
+        beside the latents into `cond` (which the checkpoint carries), so later segments need no image."""
         raise InvalidInput("init_image", f"not supported by {self.name} models (img2img: sd15, sdxl, flux)")
+
+    def encode_image(self, pipe: DiffusionPipeline, job: JobSpec, image: Image.Image) -> dict[str, torch.Tensor]:
+        """Conditioning the encode stage makes from the init image with an image encoder of its own
+        (Wan 2.1 I2V's CLIP vision embeds), added to the prompt conditioning; none by default."""
+        return {}
 
     def plain_image(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...],
                     image: Image.Image) -> list[np.ndarray]:

@@ -44,6 +44,7 @@ PROMPT_PARTS = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "promp
 # The transformer's conditioning inputs, in the order of PROMPT_PARTS.
 MODEL_INPUTS = ("encoder_hidden_states", "encoder_attention_mask",
                 "encoder_hidden_states_2", "encoder_attention_mask_2")
+TINY_IMAGE_EMBED_DIM = 12  # the tiny transformer's vision-embedding width (the tiny I2V SigLIP's)
 
 
 class HunyuanVideo15Stages(HunyuanVideo15Pipeline):
@@ -58,13 +59,13 @@ class HunyuanVideo15Stages(HunyuanVideo15Pipeline):
                  transformer: HunyuanVideo15Transformer3DModel, vae: AutoencoderKLHunyuanVideo15 | None,
                  scheduler: FlowMatchEulerDiscreteScheduler, text_encoder_2: T5EncoderModel,
                  tokenizer_2: ByT5Tokenizer, guider: ClassifierFreeGuidance) -> None:
-        stand_in = vae if vae is not None else _VaeStandIn()
+        stand_in = vae if vae is not None else VaeStandIn()
         super().__init__(text_encoder, tokenizer, transformer, stand_in, scheduler, text_encoder_2, tokenizer_2, guider)
         if vae is None:
             self.register_modules(vae=None)
 
 
-class _VaeStandIn:
+class VaeStandIn:
     """Answers the reads `HunyuanVideo15Pipeline.__init__` makes of its VAE (full-size values)."""
 
     config = SimpleNamespace(latent_channels=32)
@@ -83,37 +84,14 @@ class HunyuanVideo15(Family):
 
     def build_tiny(self, seed: int = 0) -> DiffusionPipeline:
         """HunyuanVideo-1.5's architecture at toy width; the VAE compresses 4x in time like the real one."""
-        tokenizer = build_qwen_tokenizer()
-        torch.manual_seed(seed)
-        transformer = HunyuanVideo15Transformer3DModel(
-            in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
-            num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16,
-            text_embed_2_dim=32, image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=16, task_type="t2v",
-        )
         torch.manual_seed(seed)
         vae = AutoencoderKLHunyuanVideo15(
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 16), layers_per_block=1,
             spatial_compression_ratio=4, temporal_compression_ratio=4, downsample_match_channel=False,
             upsample_match_channel=False,
         )
-        torch.manual_seed(seed)
-        text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
-            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, rope_theta=1000000.0, bos_token_id=None,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-        ))
-        tokenizer_2 = ByT5Tokenizer()
-        torch.manual_seed(seed)
-        text_encoder_2 = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, is_encoder_decoder=False, use_cache=False,
-        ))
-        pipe = HunyuanVideo15Pipeline(
-            text_encoder=text_encoder.eval(), tokenizer=tokenizer, transformer=transformer.eval(), vae=vae.eval(),
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2.eval(),
-            tokenizer_2=tokenizer_2, guider=ClassifierFreeGuidance(guidance_scale=6.0),
-        )
+        pipe = HunyuanVideo15Pipeline(transformer=tiny_transformer(seed, "t2v", 16), vae=vae.eval(),
+                                      **tiny_text_components(seed))
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -158,21 +136,28 @@ class HunyuanVideo15(Family):
         sigmas = np.linspace(1.0, 0.0, job.steps + 1)[:-1]
         retrieve_timesteps(scheduler, job.steps, pipe._execution_device, sigmas=sigmas)
 
+    def model_inputs(self, pipe: DiffusionPipeline, live: Live, i: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The transformer's inputs besides prompts and timestep. Text-to-video: the image-conditioning
+        channels and the vision embeddings are zeros (image-to-video fills them: hunyuan15_i2v.py)."""
+        latents = live.latents
+        batch, _, frames, height, width = latents.shape
+        zeros = torch.zeros(batch, 1, frames, height, width, dtype=dtype, device=latents.device)
+        return {
+            "hidden_states": torch.cat([latents, torch.zeros_like(latents, dtype=dtype), zeros], dim=1),
+            "image_embeds": torch.zeros(batch, pipe.vision_num_semantic_tokens, pipe.vision_states_dim, dtype=dtype,
+                                        device=latents.device),
+        }
+
     @torch.no_grad()
     def step(self, pipe: DiffusionPipeline, live: Live, i: int) -> torch.Tensor:
         job, scheduler, cond, latents = live.job, live.scheduler, live.cond, live.latents
         transformer = pipe.transformer
-        dtype, device = transformer.dtype, latents.device
         if "guider" not in live.extras:
             live.extras["guider"] = self.guider(pipe, job)
         guider = live.extras["guider"]
         t = scheduler.timesteps[i]
-        batch, channels, frames, height, width = latents.shape
-        # Text-to-video: the image-conditioning channels and the vision embeddings are zeros.
-        model_input = torch.cat([latents, torch.zeros_like(latents, dtype=dtype),
-                                 torch.zeros(batch, 1, frames, height, width, dtype=dtype, device=device)], dim=1)
-        image_embeds = torch.zeros(batch, pipe.vision_num_semantic_tokens, pipe.vision_states_dim, dtype=dtype,
-                                   device=device)
+        dtype = transformer.dtype
+        model_inputs = self.model_inputs(pipe, live, i, dtype)
         inputs = {
             name: (cond[part].to(dtype), cond[f"negative_{part}"].to(dtype) if f"negative_{part}" in cond else None)
             for name, part in zip(MODEL_INPUTS, PROMPT_PARTS)
@@ -183,9 +168,8 @@ class HunyuanVideo15(Family):
             guider.prepare_models(transformer)
             with transformer.cache_context(getattr(state, guider._identifier_key)):
                 state.noise_pred = transformer(
-                    hidden_states=model_input, image_embeds=image_embeds,
-                    timestep=t.expand(batch).to(model_input.dtype), return_dict=False,
-                    **{name: getattr(state, name) for name in MODEL_INPUTS},
+                    **model_inputs, timestep=t.expand(latents.shape[0]).to(model_inputs["hidden_states"].dtype),
+                    return_dict=False, **{name: getattr(state, name) for name in MODEL_INPUTS},
                 )[0]
             guider.cleanup_models(transformer)
         return scheduler.step(guider(batches)[0], t, latents, return_dict=False)[0]
@@ -204,6 +188,40 @@ class HunyuanVideo15(Family):
         out = plain_call(pipe, job, samples, negative_prompt=[job.negative_prompt] * len(samples),
                          num_frames=job.frames)
         return [to_uint8(v) for v in out.frames]
+
+
+def tiny_transformer(seed: int, task_type: str, target_size: int) -> HunyuanVideo15Transformer3DModel:
+    """HunyuanVideo-1.5's transformer at toy width, seeded: 4 latent channels, twice over plus a mask
+    channel at its input (the image condition, zeros for text-to-video)."""
+    torch.manual_seed(seed)
+    return HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16,
+        text_embed_2_dim=32, image_embed_dim=TINY_IMAGE_EMBED_DIM, rope_axes_dim=(2, 2, 4), target_size=target_size,
+        task_type=task_type,
+    ).eval()
+
+
+def tiny_text_components(seed: int) -> dict[str, object]:
+    """The prompt side every tiny HunyuanVideo-1.5 pipeline shares, seeded: Qwen2.5-VL and ByT5 text
+    encoders with their tokenizers, the flow scheduler and the guider."""
+    tokenizer = build_qwen_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, rope_theta=1000000.0, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+    ))
+    tokenizer_2 = ByT5Tokenizer()
+    torch.manual_seed(seed)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, is_encoder_decoder=False, use_cache=False,
+    ))
+    return {"text_encoder": text_encoder.eval(), "tokenizer": tokenizer, "text_encoder_2": text_encoder_2.eval(),
+            "tokenizer_2": tokenizer_2, "scheduler": FlowMatchEulerDiscreteScheduler(shift=7.0),
+            "guider": ClassifierFreeGuidance(guidance_scale=6.0)}
 
 
 def decode_one_by_one(pipe: DiffusionPipeline) -> None:

@@ -1,9 +1,14 @@
 """LTX-Video: T5 text encoder, a transformer over packed (token-sequence) latents, a causal video VAE
-(`LTXPipeline`).
+(`LTXPipeline`), and image-to-video from the same checkpoint (`LTXImageToVideoPipeline`).
 
 The transformer needs the latent grid (frames, height, width) to place its rotary embeddings, and
 the preview needs it to unpack the token sequence; it travels in the conditioning as `latent_grid`
 so a node that resumes a checkpoint has it without the VAE's config arithmetic.
+
+Image-to-video keeps the VAE-encoded init image as the first latent frame: its tokens are marked by
+`conditioning_mask` (1 on the first frame's tokens), which gives every token its own timestep
+(`t * (1 - mask)`: 0 for the kept frame) and leaves those tokens out of the scheduler step. The mask
+travels in the conditioning too, so a later segment on another node needs neither the image nor a VAE.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from diffusers import (
     AutoencoderKLLTXVideo,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    LTXImageToVideoPipeline,
     LTXPipeline,
     LTXVideoTransformer3DModel,
 )
@@ -21,12 +27,13 @@ from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_times
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
+from PIL import Image
 from transformers import T5Config, T5EncoderModel
 
 from farm.contracts.domain import JobSpec, Sample
 from farm.jobs.catalog import get_model
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Family, Live, plain_call, to_uint8
+from farm.pipelines.families.base import Family, Live, cpu_generators, plain_call, to_uint8
 from farm.pipelines.tiny import build_t5_tokenizer
 
 
@@ -124,18 +131,30 @@ class LTX(Family):
         frames, height, width = (int(n) for n in cond["latent_grid"])
         t = scheduler.timesteps[i]
         model_input = (torch.cat([live.latents] * 2) if cfg else live.latents).to(cond["prompt_embeds"].dtype)
+        timestep = t.expand(model_input.shape[0])
+        mask = cond.get("conditioning_mask")
+        if mask is not None:  # image-to-video: the kept first frame's tokens are at timestep 0
+            mask = mask.to(torch.float32)
+            timestep = timestep.unsqueeze(-1) * (1 - (torch.cat([mask, mask]) if cfg else mask))
         rope_scale = (pipe.vae_temporal_compression_ratio / get_model(job.model).fps,
                       pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)
         with pipe.transformer.cache_context("cond_uncond"):
             noise = pipe.transformer(
                 hidden_states=model_input, encoder_hidden_states=cond["prompt_embeds"],
-                timestep=t.expand(model_input.shape[0]), encoder_attention_mask=cond["prompt_attention_mask"],
+                timestep=timestep, encoder_attention_mask=cond["prompt_attention_mask"],
                 num_frames=frames, height=height, width=width, rope_interpolation_scale=rope_scale, return_dict=False,
             )[0].float()
         if cfg:
             uncond, text = noise.chunk(2)
             noise = uncond + job.guidance * (text - uncond)
-        return scheduler.step(noise, t, live.latents, return_dict=False)[0]
+        if mask is None:
+            return scheduler.step(noise, t, live.latents, return_dict=False)[0]
+        # `LTXImageToVideoPipeline`: only the frames after the first are stepped; the first is kept as it is.
+        patch, patch_t = pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size
+        noise = pipe._unpack_latents(noise, frames, height, width, patch, patch_t)
+        latents = pipe._unpack_latents(live.latents, frames, height, width, patch, patch_t)
+        stepped = scheduler.step(noise[:, :, 1:], t, latents[:, :, 1:], return_dict=False)[0]
+        return pipe._pack_latents(torch.cat([latents[:, :, :1], stepped], dim=2), patch, patch_t)
 
     def spatial_latents(self, live: Live) -> torch.Tensor:
         frames, height, width = (int(n) for n in live.cond["latent_grid"])
@@ -167,3 +186,37 @@ class LTX(Family):
                          negative_prompt=[job.negative_prompt] * len(samples), num_frames=job.frames,
                          frame_rate=get_model(job.model).fps)
         return [to_uint8(v) for v in out.frames]
+
+    @torch.no_grad()
+    def image_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
+                      image: Image.Image, generators: list[torch.Generator], scheduler: SchedulerMixin,
+                      configs: dict[str, dict]) -> torch.Tensor:
+        # `LTXImageToVideoPipeline.__call__`: the image at the job's size, VAE-encoded with each sample's
+        # generator, repeated over the frames under the mask, each sample's noise elsewhere; packed.
+        # Image-to-video runs every step (strength does not apply), with the text-to-video schedule.
+        view = LTXImageToVideoPipeline.from_pipe(pipe)
+        self.prepare_stage(view, "decode", configs)
+        n, device = len(generators), pipe._execution_device
+        pixels = view.video_processor.preprocess([image] * n, height=job.height, width=job.width)
+        pixels = pixels.to(device=device, dtype=cond["prompt_embeds"].dtype)
+        latents, mask = view.prepare_latents(pixels, n, configs["transformer"]["in_channels"], job.height, job.width,
+                                             job.frames, torch.float32, device, generators)
+        cond["conditioning_mask"] = mask
+        self.set_timesteps(pipe, job, scheduler, tuple(latents.shape))
+        return latents
+
+    @torch.no_grad()
+    def plain_image(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...],
+                    image: Image.Image) -> list[np.ndarray]:
+        # One call per sample: diffusers 0.42.1's `LTXImageToVideoPipeline` draws its decode noise with
+        # `torch.randn`, which takes no list of generators, so a batch cannot have one generator per sample.
+        view = LTXImageToVideoPipeline.from_pipe(pipe)
+        view.set_progress_bar_config(disable=True)
+        videos = []
+        for sample, generator in zip(samples, cpu_generators(samples)):
+            view.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
+            out = view(image=image, prompt=sample.prompt, negative_prompt=job.negative_prompt, generator=generator,
+                       num_inference_steps=job.steps, height=job.height, width=job.width, num_frames=job.frames,
+                       frame_rate=get_model(job.model).fps, guidance_scale=job.guidance, output_type="np")
+            videos.append(to_uint8(out.frames[0]))
+        return videos

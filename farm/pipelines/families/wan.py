@@ -40,13 +40,44 @@ def share_flow_shift(scheduler: SchedulerMixin) -> None:
     scheduler.register_to_config(shift=shift, flow_shift=shift, use_flow_sigmas=True, prediction_type="flow_prediction")
 
 
-def tiny_transformer(seed: int) -> WanTransformer3DModel:
+def tiny_transformer(seed: int, in_channels: int = 16, image_dim: int | None = None) -> WanTransformer3DModel:
+    """Wan's transformer at toy width. Image-to-video takes the image condition as 20 more input
+    channels; Wan 2.1 I2V also attends to CLIP image embeds of width `image_dim` (its own key/value
+    projections, `added_kv_proj_dim`, at the model's width as in the real one)."""
     torch.manual_seed(seed)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels, out_channels=16,
         text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=image_dim,
+        added_kv_proj_dim=None if image_dim is None else 2 * 12,
     ).eval()
+
+
+def tiny_shared(seed: int) -> dict[str, object]:
+    """The components every tiny Wan pipeline shares, seeded: umT5 tokenizer and text encoder, the VAE
+    (which compresses 4x in time like the real one: 4k+1 frames) and the flow UniPC scheduler."""
+    tokenizer = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, is_encoder_decoder=False, use_cache=False,
+    ))
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder.eval(), "vae": vae.eval(), "scheduler": scheduler}
+
+
+@torch.no_grad()
+def wan_call(pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...], **extra: object) -> list[np.ndarray]:
+    """One ordinary call of a Wan pipeline (text- or image-to-video, `extra` its image) with the job's
+    sampler, as 8-bit frames: the baseline a cut run must equal."""
+    share_flow_shift(pipe.scheduler)
+    pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
+    out = plain_call(pipe, job, samples, guidance_scale=job.guidance,
+                     negative_prompt=[job.negative_prompt] * len(samples), num_frames=job.frames, **extra)
+    return [to_uint8(v) for v in out.frames]
 
 
 class Wan21(Family):
@@ -60,18 +91,8 @@ class Wan21(Family):
 
     @staticmethod
     def _tiny(seed: int, two_experts: bool) -> WanPipeline:
-        tokenizer = build_t5_tokenizer()
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])
-        torch.manual_seed(seed)
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, is_encoder_decoder=False, use_cache=False,
-        ))
-        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
         pipe = WanPipeline(
-            tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), scheduler=scheduler,
+            **tiny_shared(seed),
             transformer=tiny_transformer(seed), transformer_2=tiny_transformer(seed + 1) if two_experts else None,
             boundary_ratio=0.875 if two_experts else None,
         )
@@ -116,6 +137,11 @@ class Wan21(Family):
         scheduler.set_timesteps(job.steps, device=pipe._execution_device)
         scheduler.set_begin_index(0)
 
+    def model_inputs(self, live: Live, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The transformer's inputs besides timestep and prompt, in its dtype: the latents (image-to-video
+        adds its image condition, farm/pipelines/families/wan_i2v.py)."""
+        return {"hidden_states": live.latents.to(dtype)}
+
     @torch.no_grad()
     def step(self, pipe: DiffusionPipeline, live: Live, i: int) -> torch.Tensor:
         job, scheduler, cond = live.job, live.scheduler, live.cond
@@ -124,16 +150,16 @@ class Wan21(Family):
         model = pipe.transformer if boundary is None or t >= boundary else pipe.transformer_2
         # The pipeline casts prompts to the dtype of `transformer`, or of `transformer_2` without it.
         dtype = (pipe.transformer if pipe.transformer is not None else pipe.transformer_2).dtype
-        model_input = live.latents.to(dtype)
+        inputs = self.model_inputs(live, dtype)
         timestep = t.expand(live.latents.shape[0])
         context = {"step_index": i, "sigma": float(scheduler.sigmas[i]),
                    "num_inference_steps": len(scheduler.timesteps)}
         with model.cache_context("cond", **context):
-            noise = model(hidden_states=model_input, timestep=timestep,
-                          encoder_hidden_states=cond["prompt_embeds"].to(dtype), return_dict=False)[0]
+            noise = model(**inputs, timestep=timestep, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
+                          return_dict=False)[0]
         if job.guidance > 1:
             with model.cache_context("uncond", **context):
-                uncond = model(hidden_states=model_input, timestep=timestep,
+                uncond = model(**inputs, timestep=timestep,
                                encoder_hidden_states=cond["negative_prompt_embeds"].to(dtype), return_dict=False)[0]
             noise = uncond + job.guidance * (noise - uncond)
         return scheduler.step(noise, t, live.latents, return_dict=False)[0]
@@ -150,11 +176,7 @@ class Wan21(Family):
 
     @torch.no_grad()
     def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
-        share_flow_shift(pipe.scheduler)
-        pipe.scheduler = schedulers.make(job.sampler, pipe.scheduler.config)
-        out = plain_call(pipe, job, samples, guidance_scale=job.guidance,
-                         negative_prompt=[job.negative_prompt] * len(samples), num_frames=job.frames)
-        return [to_uint8(v) for v in out.frames]
+        return wan_call(pipe, job, samples)
 
 
 class Wan22(Wan21):

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("model", "prompts", "seeds", "seed", "steps", "width", "height", "guidance", "sampler", "negative_prompt", "priority", "owner", "frames", "loras")
+    __slots__ = ("model", "prompts", "seeds", "seed", "steps", "width", "height", "guidance", "sampler", "negative_prompt", "priority", "owner", "frames", "loras", "strength", "init_image")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,8 @@ class JobSpec(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     LORAS_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    INIT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompts: _containers.RepeatedScalarFieldContainer[str]
     seeds: int
@@ -37,7 +39,9 @@ class JobSpec(_message.Message):
     owner: str
     frames: int
     loras: _containers.RepeatedCompositeFieldContainer[Lora]
-    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., seeds: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., guidance: _Optional[float] = ..., sampler: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., frames: _Optional[int] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ...) -> None: ...
+    strength: float
+    init_image: str
+    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., seeds: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., guidance: _Optional[float] = ..., sampler: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., frames: _Optional[int] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., strength: _Optional[float] = ..., init_image: _Optional[str] = ...) -> None: ...
 
 class Lora(_message.Message):
     __slots__ = ("name", "weight", "sha256", "short_hash")
@@ -200,26 +204,32 @@ class JoinRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., csr_pem: _Optional[str] = ..., hardware: _Optional[_Union[_agent_pb2.Hardware, _Mapping]] = ..., agent_address: _Optional[str] = ..., policy: _Optional[_Union[_agent_pb2.OwnerPolicy, _Mapping]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("node_token", "ca_pem", "cert_pem", "ray_address", "ray_token", "nodes")
+    __slots__ = ("node_token", "ca_pem", "cert_pem", "ray_address", "ray_token", "nodes", "ray_cert_pem", "ray_ca_pem")
     NODE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CA_PEM_FIELD_NUMBER: _ClassVar[int]
     CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     RAY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RAY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    RAY_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    RAY_CA_PEM_FIELD_NUMBER: _ClassVar[int]
     node_token: str
     ca_pem: str
     cert_pem: str
     ray_address: str
     ray_token: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, node_token: _Optional[str] = ..., ca_pem: _Optional[str] = ..., cert_pem: _Optional[str] = ..., ray_address: _Optional[str] = ..., ray_token: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+    ray_cert_pem: str
+    ray_ca_pem: str
+    def __init__(self, node_token: _Optional[str] = ..., ca_pem: _Optional[str] = ..., cert_pem: _Optional[str] = ..., ray_address: _Optional[str] = ..., ray_token: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., ray_cert_pem: _Optional[str] = ..., ray_ca_pem: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "init_image")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    INIT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+    init_image: bytes
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., init_image: _Optional[bytes] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("job_id",)
@@ -356,9 +366,13 @@ class RayTokenRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RayTokenReply(_message.Message):
-    __slots__ = ("ray_address", "ray_token")
+    __slots__ = ("ray_address", "ray_token", "ray_cert_pem", "ray_ca_pem")
     RAY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RAY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RAY_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    RAY_CA_PEM_FIELD_NUMBER: _ClassVar[int]
     ray_address: str
     ray_token: str
-    def __init__(self, ray_address: _Optional[str] = ..., ray_token: _Optional[str] = ...) -> None: ...
+    ray_cert_pem: str
+    ray_ca_pem: str
+    def __init__(self, ray_address: _Optional[str] = ..., ray_token: _Optional[str] = ..., ray_cert_pem: _Optional[str] = ..., ray_ca_pem: _Optional[str] = ...) -> None: ...
