@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from farm.contracts.errors import DoesNotFit  # noqa: E402
-from farm.core import planner  # noqa: E402
+from farm.core import costmodel, planner  # noqa: E402
 from farm.core.baselines import without_stage_placement  # noqa: E402
 from farm.core.costmodel import Shape  # noqa: E402
 from farm.core.decide import decide  # noqa: E402
@@ -77,8 +77,9 @@ def admitted(nodes: list[SimNode], jobs: list[SimJob], context: PlanContext) -> 
 def denoising_cards(nodes: list[SimNode], shape: Shape, context: PlanContext) -> str:
     """The cards that may run a sample's denoising (its decode there or, with stage placement, elsewhere)."""
     infos = [n.info for n in nodes]
-    decodable = planner.decode_batch(shape, infos, context, 1) if context.place_stages else 0
-    cards = [f"{n.vram_gib:g}" for n in infos if planner.node_fits(shape, n, 1, context, decodable)]
+    decodable = planner.stage_batch(shape, infos, context, 1, costmodel.DECODE_ROLES) if context.place_stages else 0
+    encodable = planner.stage_batch(shape, infos, context, 1, costmodel.ENCODE_ROLES) if context.place_stages else 0
+    cards = [f"{n.vram_gib:g}" for n in infos if planner.node_fits(shape, n, 1, context, decodable, encodable)]
     return "/".join(cards) + " GiB" if cards else "none"
 
 

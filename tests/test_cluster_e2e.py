@@ -4,6 +4,7 @@ own node is paused, so the job can only render on the joined PC; its provenance 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,6 +53,14 @@ class Farm:
                               capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:
+        """SIGTERM each process (the farm stops its own Ray processes); any of them, or of what they
+        started (their Ray heads and workers, by PID), still running a minute later is killed."""
+        made = []
+        for proc in self.procs:
+            try:
+                made += psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -60,6 +69,10 @@ class Farm:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        _, alive = psutil.wait_procs(made, timeout=10)
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 def read_line(proc: subprocess.Popen[str], startswith: str, timeout: float) -> str:

@@ -286,3 +286,29 @@ def test_a_new_job_is_planned_together_with_the_unstarted_work_of_the_queue() ->
     run_until_final(c, first)
     run_until_final(c, video)
     assert len(sink.written) == 14 and len(set((j, i) for j, i, _ in sink.written)) == 14
+
+
+def test_while_ray_restarts_the_loop_never_waits_for_it_and_the_queue_answers() -> None:
+    """A node removal restarts the Ray cluster in a new epoch (`farm head`'s `Reconnecting` held for a
+    minute or two). The coordinator's loop then must not wait for Ray under its lock: `farm jobs`
+    answered nothing during the restart. Held, a tick returns at once, a segment it starts fails as
+    for an unreachable worker (requeued, nothing lost), and the job finishes once Ray is back."""
+    from farm.cli.head import Reconnecting
+
+    scripted = ScriptedExecutor(simulated_nodes())
+    executor = Reconnecting(scripted)  # type: ignore[arg-type]
+    c = Coordinator(executor, MemorySink(), clock=lambda: 1000.0)
+    job_id = c.submit(small_job())
+    for node in scripted.nodes():  # as the head does before it stops Ray
+        c.node_left(node.name, "Ray restarts with a new token")
+    executor.hold()
+    for _ in range(3):
+        c.tick(timeout=0.01)  # returns: nothing to wait for
+        assert [j.id for j in c.list_jobs()] == [job_id]
+    assert scripted.tasks == [] and c.get_job(job_id).status != JobStatus.DONE
+    assert all(n.status == NodeStatus.OFFLINE for n in c.list_nodes())
+    executor.resume(scripted)
+    for node in scripted.nodes():
+        c.node_joined(node)
+    run_until_final(c, job_id)
+    assert c.get_job(job_id).status == JobStatus.DONE

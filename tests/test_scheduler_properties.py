@@ -88,7 +88,9 @@ def test_shards_partition_the_samples_and_fit_their_homes(data: st.DataObject) -
             assert s.need_gib * context.peak_factors[s.home] <= costmodel.usable_gib(home.vram_gib) + 1e-9
             assert dict(s.needs)[s.memory_mode] == s.need_gib
             assert len(s.bounds) >= 2 and s.bounds[0][0] == 0 and s.bounds[-1][1] == d.steps
-            assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(s.bounds, s.bounds[1:]))
+            assert all(a[1] == b[0] for a, b in zip(s.bounds, s.bounds[1:]))
+            # only an encode-only first segment and a decode-only last one run no step
+            assert all(a < b for i, (a, b) in enumerate(s.bounds) if not s.encode_only(i) and not s.decode_only(i))
 
 
 @st.composite

@@ -116,6 +116,16 @@ def test_the_simulated_farm_decodes_on_the_card_with_room_and_finishes_sooner() 
 # ----- the farm with real tiny pipelines ------------------------------------------------------------
 
 
+def run_to_end(farm: Coordinator, job_id: str, ticks: int = 50) -> None:
+    """Tick the coordinator until the job ends (each tick runs the segments it started); it must be done."""
+    for _ in range(ticks):
+        farm.tick(0)
+        if farm.get_job(job_id).status.value in ("done", "failed"):
+            break
+    view = farm.get_job(job_id)
+    assert view.status.value == "done", view.error
+
+
 class RunnerExecutor:
     """The coordinator's `Executor` port over one real `SegmentRunner` per node, in this process: a
     submitted segment runs at the next `wait` (a CPU stands in for each card's GPU)."""
@@ -184,12 +194,7 @@ def test_a_video_whose_decode_does_not_fit_its_node_is_decoded_on_another(farm_h
     executor, sink = RunnerExecutor([small, room], farm_home), MemorySink()
     farm = Coordinator(executor, sink, clock=lambda: 1000.0, max_segment_steps=2)
     job_id = farm.submit(job)
-    for _ in range(50):
-        farm.tick(0)
-        if farm.get_job(job_id).status.value in ("done", "failed"):
-            break
-    view = farm.get_job(job_id)
-    assert view.status.value == "done", view.error
+    run_to_end(farm, job_id)
     shard = next(iter(farm.state.jobs[job_id].shards.values())).shard
     assert shard.home == "fast8" and shard.bounds == ((0, 2), (2, 3), (3, 3))
 

@@ -31,7 +31,7 @@ from farm.cluster.membership import Member, Membership, nodes_for, ray_secret
 from farm.cluster.pki import FarmCA, is_loopback, ray_identity, write_private
 from farm.contracts.control import NodeStatus, OwnerPolicy
 from farm.contracts.domain import NodeInfo
-from farm.contracts.errors import FarmError
+from farm.contracts.errors import FarmError, Unreachable
 from farm.runtime.coordinator import Coordinator
 from farm.runtime.executor import RayExecutor
 from farm.runtime.metered import MeteredExecutor
@@ -72,8 +72,12 @@ def ray_token_auth_supported() -> bool:
 class Reconnecting:
     """The executor the coordinator drives: the current `RayExecutor`, which a new Ray epoch (token and
     Ray CA) replaces (Ray reads its token and TLS files once per process, so the cluster restarts).
-    While it does, the coordinator's loop waits in its next executor call instead of calling a Ray
-    that is gone."""
+
+    While it does, nothing calls the Ray that is gone, and nothing waits for the new one under the
+    coordinator's lock, so the API keeps answering through the restart (a minute or two): the loop
+    finds no finished work and no progress, a segment or probe fails at once as for an unreachable
+    worker (every node went offline before the restart), and an interrupt or a wake-up has nothing to
+    reach (the new executor's arrival wakes the loop)."""
 
     def __init__(self, inner: RayExecutor) -> None:
         self._inner = inner
@@ -81,8 +85,26 @@ class Reconnecting:
         self._ready.set()
 
     def __getattr__(self, name: str) -> object:
+        if not self._ready.is_set():
+            match name:
+                case "wait":
+                    return self._wait_restarted
+                case "step_events":
+                    return list
+                case "submit" | "probe":
+                    return self._refuse
+                case "interrupt" | "wake":
+                    return lambda *_: None
         self._ready.wait()
         return getattr(self._inner, name)
+
+    def _wait_restarted(self, timeout: float | None = None) -> list[object]:
+        self._ready.wait(timeout)
+        return []
+
+    @staticmethod
+    def _refuse(*_: object) -> object:
+        raise Unreachable("the Ray cluster is restarting in a new epoch (after a node removal)")
 
     def hold(self) -> None:
         self._ready.clear()
@@ -330,6 +352,8 @@ class Head:
                     step()
                 except Exception:
                     log.exception("while stopping Ray to start its new epoch")
+            if self._stopping.is_set():
+                return  # the head stops: no new Ray head to outlive it (the next start is in the new epoch)
             self._start_ray()
             while not self._stopping.is_set():  # the supervisor keeps starting Ray (a port still held)
                 try:

@@ -110,6 +110,9 @@ class Shard:
     # is an empty segment `(end, end)` that only decodes, from the checkpoint, on a node it fits.
     # Empty: the last denoising segment decodes on its node.
     decode_needs: tuple[tuple[str, float], ...] = ()
+    # Likewise for the encode (text encoders, an init image's encoders): then the first of `bounds` is
+    # an empty segment `(0, 0)` that only encodes and returns the first checkpoint.
+    encode_needs: tuple[tuple[str, float], ...] = ()
 
     @property
     def batch(self) -> int:
@@ -118,6 +121,10 @@ class Shard:
     def decode_only(self, index: int) -> bool:
         """Segment `index` runs no step, only the decode (priced by `decode_needs`, not `needs`)."""
         return bool(self.decode_needs) and index == len(self.bounds) - 1
+
+    def encode_only(self, index: int) -> bool:
+        """Segment `index` runs no step, only the encode (priced by `encode_needs`, not `needs`)."""
+        return bool(self.encode_needs) and index == 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,12 @@ class ReadySegment:
     priority: int = 0  # the job's priority: a node keeps to the model it holds only within one priority
     needs: tuple[tuple[str, float], ...] = ()  # the shard's `needs`; empty: only `need_gib`
     decode_only: bool = False  # runs no step, only the shard's decode (`Shard.decode_needs`)
+    encode_only: bool = False  # runs no step, only the shard's encode (`Shard.encode_needs`)
+
+    @property
+    def stage_only(self) -> bool:
+        """A segment of one stage that fits no mode of the shard's home: it runs elsewhere, the home stays."""
+        return self.decode_only or self.encode_only
 
 
 @dataclass(frozen=True)

@@ -310,7 +310,8 @@ def _finished(state: FarmState, e: ev.SegmentFinished) -> FarmState:
         predicted = 0.0
         if found is not None:
             shard = found[1].shard
-            needs = dict(shard.decode_needs if shard.decode_only(e.index) else shard.needs)
+            needs = dict(shard.decode_needs if shard.decode_only(e.index)
+                         else shard.encode_needs if shard.encode_only(e.index) else shard.needs)
             predicted = needs.get(e.memory_mode, shard.need_gib)
         peaks = node.peaks
         if e.peak_gib > 0 and predicted > 0:

@@ -1,7 +1,9 @@
 """VRAM cost model (pure): how much GPU memory a shard of a model needs, in each memory mode.
 
 A model is a handful of components that run one after another: text encoders (encode), a denoiser
-(every step) and a VAE decoder (after the last step). While a component runs, the GPU holds
+(every step) and a VAE decoder (after the last step). A job with an init image also encodes it in its
+first segment (`Shape.init_frames`): an image encoder where the family has one (`IMAGE_ENCODERS`) and
+the VAE's encoder, which runs on the VAE's weights (`Component.shares`). While a component runs, the GPU holds
 resident weights plus that component's activations, so a shard's peak is the largest of those sums:
 
 * full          every component's weights stay on the GPU (fastest: nothing moves between stages)
@@ -11,7 +13,7 @@ resident weights plus that component's activations, so a shard's peak is the lar
                 the slowest (every step moves the denoiser's weights over PCIe)
 * *_tiled       the VAE decodes in tiles, which bounds its activations at a tile's worth
 
-A node that runs only some of a shard's components (its decode runs on another node: `roles`) needs
+A node that runs only some of a shard's components (its decode or encode runs on another node: `roles`) needs
 only the peaks of those.
 
 Activations are `fixed + per_sample * batch * scale`, where `scale` is the latent token count
@@ -26,8 +28,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import lru_cache
 
 from farm.contracts.errors import DoesNotFit
 
@@ -51,16 +54,24 @@ OUTSIDE_BLOCKS_SHARE = 0.10
 
 class Role(StrEnum):
     TEXT = "text"
+    IMAGE = "image"  # an init image's vision encoder (CLIP, SigLIP): a fixed-size input, like text
+    LATENT = "latent"  # the VAE encoding an init image into latents: grows with its pixels and frames
     DENOISER = "denoiser"
     DECODER = "decoder"
 
 
-# The components a segment runs: a whole shard on one node runs them all; a shard whose decode fits
-# no memory mode of its node runs encode and denoise there and its decode as a segment of its own on
-# a node the decode fits (`farm.core.planner`).
+# The components a segment runs: a whole shard on one node runs them all; a shard whose decode or
+# encode fits no memory mode of its node runs the rest there and that stage as a segment of its own on
+# a node it fits (`farm.core.planner`).
 ALL_ROLES = frozenset(Role)
-DENOISE_ROLES = frozenset({Role.TEXT, Role.DENOISER})
+ENCODE_ROLES = frozenset({Role.TEXT, Role.IMAGE, Role.LATENT})  # what a shard's first segment runs before its steps
+DENOISER_ROLES = frozenset({Role.DENOISER})
+DENOISE_ROLES = ENCODE_ROLES | DENOISER_ROLES  # a home whose decode runs elsewhere
 DECODE_ROLES = frozenset({Role.DECODER})
+# The units a shard splits into at most: a job fits the farm when each fits some node.
+STAGES = (ENCODE_ROLES, DENOISER_ROLES, DECODE_ROLES)
+# Roles whose input does not grow with the output's resolution (a prompt; an image resized to the encoder's side).
+FIXED_INPUT = frozenset({Role.TEXT, Role.IMAGE})
 
 
 class MemoryMode(StrEnum):
@@ -122,6 +133,9 @@ class Component:
     # A component that always runs in this dtype whatever the model's (Wan's VAE runs in fp32);
     # None: the model's dtype. Figures above are at 16 bits either way.
     dtype: str | None = None
+    # The component whose weights this one runs on (the VAE encodes with the module it decodes with):
+    # its `weights_gib` are that one's, resident once, so a profile counts them once.
+    shares: str = ""
 
     def streamed_gib(self) -> float:
         """Weights on the GPU while this component runs under group offload."""
@@ -133,8 +147,9 @@ class Component:
         act = self.tiled if tiled and self.tiled is not None else self.activation
         if act is None:
             return math.inf
-        # Text encoders see the prompt, not the pixels: their activations do not grow with resolution.
-        return act.gib(batch, 1.0 if self.role is Role.TEXT else scale)
+        # Text and image encoders see a prompt or a resized image, not the output's pixels: their
+        # activations do not grow with resolution.
+        return act.gib(batch, 1.0 if self.role in FIXED_INPUT else scale)
 
 
 @dataclass(frozen=True)
@@ -159,7 +174,7 @@ class ModelProfile:
 
     @property
     def weights_gib(self) -> float:
-        return sum(c.weights_gib for c in self.components)
+        return sum(c.weights_gib for c in self.components if not c.shares)
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -282,34 +297,83 @@ PROFILES["flux"] = ModelProfile(
 )
 
 
+# The vision encoders an image-to-video job's first segment runs on its init image, by name
+# (`farm.jobs.catalog.ModelInfo.image_encoder`). Weights: parameter count x 2 bytes, the count of
+# transformers' model class built (on the meta device) at the checkpoint's architecture. Activations:
+# estimate (not measured), one image of a few hundred tokens, about ByT5's 0.05 GiB, once per shard.
+IMAGE_ENCODERS: dict[str, Component] = {
+    # Wan 2.1 I2V's `image_encoder`: CLIPVisionModel at open-CLIP ViT-H/14 (hidden 1280, 32 layers,
+    # MLP 5120, 224 px, patch 14): 630.8 M parameters; diffusers' Wan I2V example runs it in fp32
+    # (catalog.PRECISION), 2.35 GiB resident.
+    "clip_vit_h14": Component("clip_vit_h14", Role.IMAGE, 630_766_080 * 2 / 2**30, Activation(0.05, 0.0),
+                              blocks=32, dtype="fp32"),
+    # HunyuanVideo-1.5 I2V's `image_encoder`: SiglipVisionModel at siglip-so400m-patch14-384 (hidden
+    # 1152, 27 layers, MLP 4304, 384 px, patch 14, with its pooling head): 428.2 M parameters, bf16.
+    "siglip_so400m": Component("siglip_so400m", Role.IMAGE, 428_225_600 * 2 / 2**30, Activation(0.05, 0.0),
+                               blocks=27),
+}
+
+
+def vae_encoder(profile: ModelProfile) -> Component:
+    """The VAE encoding an init image, on the VAE's own weights. estimate: no encode was measured, so
+    its activations are the decode's (gpu_stages_h100.json's *_vae_decode_* rows, untiled and tiled),
+    an upper bound: the encoder is the smaller half and keeps no upsampled activations. A VAE that was
+    not measured untiled (HunyuanVideo-1.5's) encodes only in the tiled modes."""
+    vae = profile.role(Role.DECODER)[0]
+    return replace(vae, name="vae_encode", role=Role.LATENT, shares=vae.name)
+
+
+@lru_cache(maxsize=256)
+def with_encode(profile: ModelProfile, image_encoder: str, init_image: bool) -> ModelProfile:
+    """`profile` with what a job's first segment also runs on its init image: the image encoder (by
+    name; "" for none) and, with an init image, the VAE encode."""
+    extra = (IMAGE_ENCODERS[image_encoder],) if image_encoder else ()
+    extra += (vae_encoder(profile),) if init_image else ()
+    return replace(profile, components=extra + profile.components) if extra else profile
+
+
 @dataclass(frozen=True)
 class Shape:
-    """What one sample of a job costs: the full-size family, the resolution it is costed at, dtype."""
+    """What one sample of a job costs: the full-size family, the resolution it is costed at, dtype,
+    and its init image: the frames the VAE encodes of it (0: no init image; an image-to-video
+    pipeline that encodes the image as the first frame of a blank video encodes the video's frames)
+    and the image encoder its family runs on it (`IMAGE_ENCODERS`; "" for none)."""
 
     family: str
     width: int
     height: int
     frames: int = 1
     dtype: str = "fp16"
+    init_frames: int = 0
+    image_encoder: str = ""
 
     @property
     def profile(self) -> ModelProfile:
-        return PROFILES[self.family]
+        return with_encode(PROFILES[self.family], self.image_encoder, self.init_frames > 0)
 
     @property
     def scale(self) -> float:
         return self.profile.scale(self.width, self.height, self.frames)
 
+    def role_scale(self, role: Role) -> float:
+        """Latent tokens a component of `role` sees, relative to the reference shape: the VAE encode
+        sees the init image's frames, everything else the output's."""
+        if role is Role.LATENT:
+            return self.profile.scale(self.width, self.height, self.init_frames)
+        return self.scale
+
 
 @dataclass(frozen=True)
 class Fit:
     """How a node runs a shard: memory mode, batch, and the predicted peak (GiB). `decodes` False: the
-    node holds the shard's encode and denoise but not its decode, which runs on another node."""
+    node holds the shard's denoise but not its decode, which runs on another node; `encodes` False:
+    nor its encode (text encoders, an init image's encoders), which runs on another node first."""
 
     mode: MemoryMode
     batch: int
     need_gib: float
     decodes: bool = True
+    encodes: bool = True
 
 
 def sized(base: ModelProfile, name: str, components: Sequence[Component], compute_scale: float) -> ModelProfile:
@@ -348,8 +412,8 @@ def component_peak_gib(shape: Shape, name: str, batch: int, mode: MemoryMode = M
     elif mode.offload:
         resident = comp.weights_gib * w_scale
     else:
-        resident = sum(c.weights_gib * _dtype(c.dtype or shape.dtype)[0] for c in profile.components)
-    return resident + comp.activation_gib(batch, shape.scale, mode.tiled) * a_scale
+        resident = sum(c.weights_gib * _dtype(c.dtype or shape.dtype)[0] for c in profile.components if not c.shares)
+    return resident + comp.activation_gib(batch, shape.role_scale(comp.role), mode.tiled) * a_scale
 
 
 def shard_peak_gib(shape: Shape, batch: int, mode: MemoryMode = MemoryMode.FULL,
@@ -387,7 +451,8 @@ def fits(shape: Shape, vram_gib: float, want: int, correction: float = 1.0,
     out = []
     for batch in range(1, max(caps.values()) + 1):
         mode = next(m for m in MODES if caps[m] >= batch)
-        out.append(Fit(mode, batch, shard_peak_gib(shape, batch, mode, roles), Role.DECODER in roles))
+        out.append(Fit(mode, batch, shard_peak_gib(shape, batch, mode, roles), Role.DECODER in roles,
+                       Role.TEXT in roles))
     return out
 
 
@@ -400,7 +465,7 @@ def best_fit(shape: Shape, vram_gib: float, want: int, correction: float = 1.0,
     if batch == 0:
         return None
     mode = next(m for m in MODES if caps[m] == batch)
-    return Fit(mode, batch, shard_peak_gib(shape, batch, mode, roles), Role.DECODER in roles)
+    return Fit(mode, batch, shard_peak_gib(shape, batch, mode, roles), Role.DECODER in roles, Role.TEXT in roles)
 
 
 def mode_needs(shape: Shape, batch: int, roles: frozenset[Role] = ALL_ROLES) -> tuple[tuple[str, float], ...]:
@@ -426,10 +491,10 @@ def does_not_fit(shape: Shape, budgets: Sequence[float]) -> DoesNotFit:
 
 def check_fits(shape: Shape, budgets: Sequence[float]) -> None:
     """Refuse a job that fits no node in any memory mode, naming the VRAM it would need. A job whose
-    encode and denoise fit one node and decode another fits: the planner runs its decode apart."""
+    encode, denoise and decode each fit some node fits: the planner runs its encode or decode apart."""
     if any(best_fit(shape, b, 1) for b in budgets):
         return
-    if not all(any(best_fit(shape, b, 1, roles=roles) for b in budgets) for roles in (DENOISE_ROLES, DECODE_ROLES)):
+    if not all(any(best_fit(shape, b, 1, roles=roles) for b in budgets) for roles in STAGES):
         raise does_not_fit(shape, budgets)
 
 

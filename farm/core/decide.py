@@ -175,13 +175,13 @@ def next_check(state: FarmState) -> float | None:
 
 def fits_somewhere(state: FarmState, job: JobState, nodes: Iterable[NodeRecord]) -> bool:
     """Some node whose owner's model lists allow the job's model holds a sample in VRAM, or (with
-    stage placement) its encode and denoise while some such node holds its decode."""
+    stage placement) each of its stages (encode, denoise, decode) fits some such node."""
     allowed = [n for n in nodes if model_lists.allows_job(job.spec.model, job.adapters, n.allow_models, n.deny_models)]
     if any(costmodel.best_fit(job.shape, n.info.vram_gib, 1, n.peak_factor) for n in allowed):
         return True
     return state.settings.place_stages and all(
         any(costmodel.best_fit(job.shape, n.info.vram_gib, 1, n.peak_factor, roles) for n in allowed)
-        for roles in (costmodel.DENOISE_ROLES, costmodel.DECODE_ROLES))
+        for roles in costmodel.STAGES)
 
 
 def plan(state: FarmState, now: float) -> ShardsPlanned:
@@ -240,10 +240,13 @@ def ready_segments(state: FarmState, job_ids: Iterable[str]) -> list[ReadySegmen
                 needs = s.shard.needs
                 if s.shard.decode_only(s.next_index):  # no steps: priced by the decode alone
                     needs = last_segment_modes(job.shape, s.shard.batch, 0, s.shard.decode_needs)
+                elif s.shard.encode_only(s.next_index):  # no steps: priced by the encode alone
+                    needs = s.shard.encode_needs
                 elif s.next_index == len(s.shard.bounds) - 1:
                     needs = last_segment_modes(job.shape, s.shard.batch, s.shard.bounds[-1][1] - s.step, needs)
                 out.append(ReadySegment(s.shard.id, s.next_index, s.shard.home, s.shard.need_gib, job_id,
-                                        job.spec.model, job.spec.priority, needs, s.shard.decode_only(s.next_index)))
+                                        job.spec.model, job.spec.priority, needs, s.shard.decode_only(s.next_index),
+                                        s.shard.encode_only(s.next_index)))
     return out
 
 
@@ -335,7 +338,7 @@ def dispatch(state: FarmState, now: float) -> list[Action]:
         by_node = {n.info.name: n for n in table}
         for a in planner.plan_tick(segs, table, missing, finish):
             seg = by_seg[(a.shard_id, a.index)]
-            if a.node != seg.home and not seg.decode_only:
+            if a.node != seg.home and not seg.stage_only:
                 out.append(Record(moved(state, seg, by_node[a.node], now)))
             out.append(start(state, a.node, a.shard_id, a.memory_mode))
             taken.add(a.node)

@@ -4,8 +4,9 @@ Two decisions, both pure functions of plain tables so they are tested without Ra
 
 * `plan_queue` / `shard_job` (at admission; again over unstarted work when a job arrives or a node
   runs out of home work): a job goes only to nodes whose VRAM holds one sample in some memory mode,
-  or its encode and denoise when its decode fits another node (then the shard's last segment is an
-  empty `(end, end)` that only decodes, from the checkpoint, placed like any waiting segment).
+  or its denoise when its decode or encode (or both) fits another node: then the shard's last
+  segment is an empty `(end, end)` that only decodes, from the checkpoint, or its first an empty
+  `(0, 0)` that only encodes and returns the first checkpoint, placed like any waiting segment.
   Samples go chunk by chunk where the farm would finish earliest, counting the node's queued home
   work, the load where it does not hold the model, and what a small batch or a load wastes for the
   work left (`split_samples`): a chunk is a whole batch while much work is left to place and shrinks
@@ -20,8 +21,9 @@ Two decisions, both pure functions of plain tables so they are tested without Ra
   time left picks first, so a fast card that frees up takes over the longest samples of slow ones);
   any other waiting segment then goes to an idle node it fits in some memory mode, preferring one that
   already holds its model, then the fastest. So no node idles while a segment that fits it waits.
-  A decode-only segment goes first, the same way: it ends its shard in seconds and only the cards
-  with the most room hold it, so it must not wait behind their own long work.
+  A decode-only or encode-only segment goes first, the same way: it takes seconds, its shard's
+  home waits on it, and only the cards with the most room hold it, so it must not wait behind their
+  own long work.
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ class PlanContext:
     stored        those of them each node holds on disk
     links         bytes per second each node's last transfer measured
     lists         each node's owner's (allow, deny) model patterns (`farm.core.model_lists`)
-    place_stages  a decode that fits no memory mode of a shard's node runs as a segment of its own on
-                  a node it fits (False: every shard decodes where it denoises, bench/stages.py's baseline)
+    place_stages  a decode or encode that fits no memory mode of a shard's node runs as a segment of its
+                  own on a node it fits (False: every shard encodes and decodes where it denoises,
+                  bench/stages.py's baseline)
     """
 
     speeds: SpeedBook = field(default_factory=SpeedBook)
@@ -154,25 +157,33 @@ def _sample_seconds(shape: Shape, steps: int, fit: Fit, node: NodeInfo, speeds: 
     return (speeds.seconds_per_sample_step(node, shape, fit.batch) + streamed) * steps + decode
 
 
-def decode_batch(shape: Shape, nodes: Iterable[NodeInfo], context: PlanContext, want: int) -> int:
-    """The largest batch (up to `want`) whose decode alone fits some node in some memory mode: a shard
-    whose own node cannot decode it is no larger, so its decode-only segment has a node to run on."""
-    return max((costmodel.max_batch(shape, n.vram_gib, mode, want, context.peak_factors.get(n.name, 1.0),
-                                    costmodel.DECODE_ROLES)
+def stage_batch(shape: Shape, nodes: Iterable[NodeInfo], context: PlanContext, want: int,
+                roles: frozenset[costmodel.Role]) -> int:
+    """The largest batch (up to `want`) whose stage of `roles` (`costmodel.DECODE_ROLES`, `ENCODE_ROLES`)
+    alone fits some node in some memory mode: a shard whose own node cannot run that stage is no
+    larger, so its stage-only segment has a node to run on."""
+    return max((costmodel.max_batch(shape, n.vram_gib, mode, want, context.peak_factors.get(n.name, 1.0), roles)
                 for n in nodes for mode in costmodel.MODES), default=0)
 
 
-def node_fits(shape: Shape, node: NodeInfo, want: int, context: PlanContext, decodable: int) -> list[Fit]:
+def node_fits(shape: Shape, node: NodeInfo, want: int, context: PlanContext, decodable: int,
+              encodable: int) -> list[Fit]:
     """`costmodel.fits` of a node, batch by batch. With stage placement, a node that holds no sample
-    with its decode in any memory mode holds the batches it runs without it (`Fit.decodes` False),
-    up to `decodable`, the largest whose decode fits some node. A node that holds a sample whole keeps
-    its shards whole (no hand-off before the decode), even where dropping the decode would fit a
-    larger batch."""
+    whole in any memory mode holds the batches it runs without its decode (`Fit.decodes` False), else
+    without its encode (`Fit.encodes` False), else without either: up to `decodable` and `encodable`,
+    the largest batches whose decode and encode fit some node. A node that holds a sample whole keeps
+    its shards whole (no hand-off around its encode or decode), even where dropping a stage would
+    fit a larger batch; one that holds it without its decode keeps its encode."""
     correction = context.peak_factors.get(node.name, 1.0)
     whole = costmodel.fits(shape, node.vram_gib, want, correction)
-    if whole or not context.place_stages or not decodable:
+    if whole or not context.place_stages:
         return whole
-    return costmodel.fits(shape, node.vram_gib, min(want, decodable), correction, costmodel.DENOISE_ROLES)
+    apart = ((costmodel.DENOISE_ROLES, decodable), (costmodel.ALL_ROLES - costmodel.ENCODE_ROLES, encodable),
+             (costmodel.DENOISER_ROLES, min(decodable, encodable)))
+    for roles, cap in apart:
+        if cap and (fits := costmodel.fits(shape, node.vram_gib, min(want, cap), correction, roles)):
+            return fits
+    return []
 
 
 def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) -> list[_Option]:
@@ -180,13 +191,17 @@ def _options(demand: Demand, nodes: Sequence[NodeInfo], context: PlanContext) ->
     except where a smaller batch runs a sample as fast (within BATCH_GAIN). Image models get faster
     per sample up to the largest batch; video models do not, and a shard of one video is one that
     another card can take. A node that holds the denoiser but not the decode is one where the decode
-    fits some node (`node_fits`). Raises DoesNotFit (admission) when no node holds a sample."""
+    fits some node, likewise its encode (`node_fits`). Raises DoesNotFit (admission) when no node holds a sample."""
     out = []
-    decodable = decode_batch(demand.shape, nodes, context, len(demand.samples)) if context.place_stages else 0
+    decodable = encodable = 0
+    if context.place_stages:
+        want = len(demand.samples)
+        decodable = stage_batch(demand.shape, nodes, context, want, costmodel.DECODE_ROLES)
+        encodable = stage_batch(demand.shape, nodes, context, want, costmodel.ENCODE_ROLES)
     for node in nodes:
         if not context.allows(node.name, demand.model, demand.adapters):
             continue  # its owner's list refuses the model
-        fits = node_fits(demand.shape, node, len(demand.samples), context, decodable)
+        fits = node_fits(demand.shape, node, len(demand.samples), context, decodable, encodable)
         if not fits:
             continue
         seconds = [_sample_seconds(demand.shape, demand.steps, f, node, context.speeds) for f in fits]
@@ -267,10 +282,13 @@ def _shards(job_id: str, demand: Demand, options: Sequence[_Option], counts: Seq
             per = segment_steps(context.speeds.step_seconds(opt.node, demand.shape, size), context.segment_seconds)
             cap = min(per, max_segment_steps) if max_segment_steps else per
             bounds = segment_bounds(demand.steps, cap)
-            roles, decode_needs = costmodel.ALL_ROLES, ()
+            roles, decode_needs, encode_needs = costmodel.ALL_ROLES, (), ()
             if not sized.decodes:  # the decode runs on its own, from the last checkpoint, where it fits
-                roles, bounds = costmodel.DENOISE_ROLES, bounds + ((demand.steps, demand.steps),)
+                roles, bounds = roles - costmodel.DECODE_ROLES, bounds + ((demand.steps, demand.steps),)
                 decode_needs = costmodel.mode_needs(demand.shape, size, costmodel.DECODE_ROLES)
+            if not sized.encodes:  # the encode runs on its own, into the first checkpoint, where it fits
+                roles, bounds = roles - costmodel.ENCODE_ROLES, ((0, 0),) + bounds
+                encode_needs = costmodel.mode_needs(demand.shape, size, costmodel.ENCODE_ROLES)
             shards.append(
                 Shard(
                     id=shard_id(job_id, demand.first_shard + len(shards)),
@@ -282,6 +300,7 @@ def _shards(job_id: str, demand: Demand, options: Sequence[_Option], counts: Seq
                     memory_mode=str(sized.mode),
                     needs=costmodel.mode_needs(demand.shape, size, roles),
                     decode_needs=decode_needs,
+                    encode_needs=encode_needs,
                 )
             )
             cursor += size
@@ -384,7 +403,7 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
     waiting segment, in queue order, goes to an idle node it fits in some memory mode, one that holds
     its model first, then one whose disk has it (`missing`: the models each node would fetch from the
     head first), then the fastest. So no node idles while a segment that fits it waits. Decode-only
-    segments are placed that way before any other (see the module docstring).
+    and encode-only segments are placed that way before any other (see the module docstring).
     """
     lacks = missing or {}
     idle = {n.info.name: n for n in nodes if n.online and not n.busy}
@@ -405,8 +424,8 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
                                       -n.info.speed, n.info.name))
             assign(best.info.name, seg, modes[best.info.name])
 
-    for seg in ready:  # a decode-only segment ends its shard in seconds, on one of the few cards it fits
-        if seg.decode_only and idle:
+    for seg in ready:  # a stage-only segment takes seconds, on one of the few cards it fits
+        if seg.stage_only and idle:
             anywhere(seg)
     own: dict[str, list[tuple[ReadySegment, str]]] = {}
     for seg in ready:

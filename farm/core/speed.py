@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from farm.contracts.domain import NodeInfo
-from farm.core.costmodel import MemoryMode, Role, Shape
+from farm.core.costmodel import ENCODE_ROLES, MemoryMode, Role, Shape
 
 # An H100 relative to the reference card (speed 1.0, an 8 GB RTX 3060 Ti class card): about 7 times
 # its dense fp16 tensor throughput. Only the prior depends on it; learned factors replace it.
@@ -101,7 +101,8 @@ def last_segment_modes(shape: Shape, batch: int, steps: int,
         denoise = reference_step_seconds(shape, batch) + (streamed_step_seconds(shape) if mode.streamed else 0.0)
         moved = 0.0
         if mode.offload and not mode.streamed:
-            moved = sum(c.weights_gib for c in shape.profile.components if c.role is not Role.TEXT) / OFFLOAD_GIB_PER_S
+            kept = (c.weights_gib for c in shape.profile.components if c.role not in ENCODE_ROLES)  # it does not encode
+            moved = sum(kept) / OFFLOAD_GIB_PER_S
         return steps * denoise + reference_decode_seconds(shape, batch, mode.tiled) + moved
 
     return tuple(sorted(needs, key=seconds))

@@ -137,7 +137,8 @@ def _line(before: FarmState, after: FarmState, e: ev.Event) -> Line | None:
             return "shard_moved", found[0].id if found else "", e.node, f"{e.shard_id} {e.reason}"
         case ev.SegmentStarted():
             job_id = after.shard(e.shard_id)[0].id  # type: ignore[index]
-            what = "decode only" if e.start == e.end else f"steps {e.start}-{e.end}"  # a decode-only segment
+            # an encode-only segment (0, 0) or a decode-only one (end, end)
+            what = f"steps {e.start}-{e.end}" if e.start < e.end else "encode only" if e.end == 0 else "decode only"
             return "segment_started", job_id, e.node, f"{e.shard_id}#{e.index} {what}"
         case ev.SegmentFinished():
             found = before.shard(e.shard_id)

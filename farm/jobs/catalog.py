@@ -50,6 +50,13 @@ PRECISION: dict[str, tuple[str, dict[str, str]]] = {
     "hunyuanvideo15_i2v": ("bf16", {}),
 }
 
+# What an init image costs beyond the text-only run (`costmodel.Shape`): the vision encoder each
+# image-to-video family runs on it (Wan 2.2 I2V A14B has none; img2img families have none), and the
+# families whose pipeline VAE-encodes it as the first frame of a blank video of the job's length
+# (diffusers' `WanImageToVideoPipeline.prepare_latents`), not the image alone.
+IMAGE_ENCODER: dict[str, str] = {"wan21_i2v": "clip_vit_h14", "hunyuanvideo15_i2v": "siglip_so400m"}
+VIDEO_CONDITION = frozenset({"wan21_i2v", "wan22_i2v"})
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -81,6 +88,16 @@ class ModelInfo:
     @property
     def memory(self) -> ModelProfile:
         return PROFILES[self.profile]
+
+    @property
+    def image_encoder(self) -> str:
+        """The vision encoder (a `costmodel.IMAGE_ENCODERS` name) its first segment runs on an init
+        image; "" for none."""
+        return IMAGE_ENCODER.get(self.family, "")
+
+    def init_frames(self, frames: int) -> int:
+        """The frames its VAE encodes of an init image in a render of `frames` frames."""
+        return frames if self.family in VIDEO_CONDITION else 1
 
     def costed_size(self, width: int, height: int) -> tuple[int, int]:
         """The full-size resolution whose VRAM this render is costed at."""
@@ -144,7 +161,7 @@ MODELS: dict[str, ModelInfo] = {
         max_frames=33, fps=16, default_sampler="unipc",
     ),
     # Image-to-video: the Wan checkpoints that start from an init image (one is required), costed as
-    # Wan 2.1 (the same transformer size; `wan21_i2v`'s CLIP image encoder, 0.6 B, is not priced).
+    # Wan 2.1 (the same transformer size) plus what encodes the image (`IMAGE_ENCODER`, `VIDEO_CONDITION`).
     "tiny-wan21-i2v": ModelInfo(
         name="tiny-wan21-i2v", family="wan21_i2v", profile="wan21", cost_scale=26, max_size=64, default_size=32,
         default_steps=8, description="tiny Wan-2.1-I2V-architecture pipeline (CLIP image encoder) built in code",

@@ -14,9 +14,13 @@ from farm.jobs.catalog import ModelInfo, get_model
 
 
 def job_shape(job: JobSpec, model: ModelInfo | None = None) -> Shape:
-    """The full-size shape a job is costed at (a tiny built-in model stands in for a full-size one)."""
+    """The full-size shape a job is costed at (a tiny built-in model stands in for a full-size one),
+    with what its first segment runs on an init image (the VAE encode, the family's image encoder)."""
     model = model or get_model(job.model)
-    return Shape(model.profile, *model.costed_size(job.width, job.height), job.frames)
+    init = bool(job.init_image)
+    return Shape(model.profile, *model.costed_size(job.width, job.height), job.frames,
+                 init_frames=model.init_frames(job.frames) if init else 0,
+                 image_encoder=model.image_encoder if init else "")
 
 
 def demand_of(job: JobSpec, model: ModelInfo | None = None) -> Demand:

@@ -31,7 +31,7 @@ PIPELINES: dict[str, tuple[str, str]] = {
     "FluxPipeline": ("flux", "flux"),
     "LTXPipeline": ("ltxv", "ltxv"),
     "WanPipeline": ("wan21", "wan21"),
-    # Wan 2.1 I2V's transformer is Wan 2.1 14B's (its CLIP image encoder is not priced); Wan 2.2 below.
+    # Wan 2.1 I2V's transformer is Wan 2.1 14B's (its CLIP image encoder: `catalog.IMAGE_ENCODER`); Wan 2.2 below.
     "WanImageToVideoPipeline": ("wan21_i2v", "wan21"),
     "HunyuanVideo15Pipeline": ("hunyuanvideo15", "hunyuanvideo15"),
     "HunyuanVideo15ImageToVideoPipeline": ("hunyuanvideo15_i2v", "hunyuanvideo15"),

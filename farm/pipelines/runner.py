@@ -5,9 +5,10 @@ It keeps recently used models' engines (a node that runs the next segment of the
 no load, in whatever memory mode the segment asks for), and turns a `SegmentTask` into a
 `SegmentResult`: checkpoint in, checkpoint out. A segment of no steps that ends the shard (a
 decode-only one) loads the VAE and nothing else: restoring a checkpoint loads no pipeline, and an
-empty step range no denoiser. On a GPU it synchronises before reading a clock (CUDA
-calls return before the work is done) and reports the segment's peak allocated memory, which the
-cost model's per-node correction learns from.
+empty step range no denoiser. One of no steps that starts it (an encode-only one) loads the encode
+stage (and the VAE, for an init image) and returns the first checkpoint. On a GPU it synchronises
+before reading a clock (CUDA calls return before the work is done) and reports the segment's peak
+allocated memory, which the cost model's per-node correction learns from.
 """
 
 from __future__ import annotations

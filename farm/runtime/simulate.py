@@ -183,7 +183,7 @@ class SimExecutor:
         if mode.streamed:  # group offload moves the denoiser's blocks over PCIe every step
             denoise += (task.end - task.start) * streamed_step_seconds(job.shape)
         seconds = load + self._offload_seconds(job, task, mode, run.previous) + DISPATCH_S + denoise
-        if task.start > 0 and self.last_node.get(task.shard_id) != node:
+        if task.checkpoint is not None and self.last_node.get(task.shard_id) != node:
             seconds += HANDOFF_S
             self.handoffs += 1
         if task.last:
@@ -198,10 +198,12 @@ class SimExecutor:
 
     @staticmethod
     def roles(task: SegmentTask) -> frozenset[Role]:
-        """The components a segment runs: the encoders when it has no checkpoint yet, the denoiser
-        when it runs steps, the decoder when it ends the shard (a decode-only segment: that alone)."""
-        ran = ((Role.TEXT, task.checkpoint is None), (Role.DENOISER, task.end > task.start), (Role.DECODER, task.last))
-        return frozenset(role for role, runs in ran if runs)
+        """The components a segment runs: the encoders (text, and an init image's) when it has no
+        checkpoint yet, the denoiser when it runs steps, the decoder when it ends the shard (a
+        decode-only segment: that alone)."""
+        ran = ((costmodel.ENCODE_ROLES, task.checkpoint is None), ({Role.DENOISER}, task.end > task.start),
+               ({Role.DECODER}, task.last))
+        return frozenset(role for roles, runs in ran if runs for role in roles)
 
     def _check(self, ok: bool, violation: str) -> None:
         """A schedule that breaks the rules: `simulate` raises it (the coordinator would only log it)."""
@@ -232,8 +234,8 @@ class SimExecutor:
         stays = (previous is not None and previous[0].job.model == task.job.model and previous[1].offload
                  and not previous[0].last and task.start > 0)
         moved = 0.0 if stays or task.end == task.start else sum(c.weights_gib for c in profile.role(Role.DENOISER))
-        if task.start == 0:
-            moved += sum(c.weights_gib for c in profile.role(Role.TEXT))
+        if task.checkpoint is None:  # it encodes
+            moved += sum(c.weights_gib for c in profile.components if c.role in costmodel.ENCODE_ROLES)
         if task.last:
             moved += sum(c.weights_gib for c in profile.role(Role.DECODER))
         return moved / OFFLOAD_GIB_PER_S
