@@ -125,6 +125,25 @@ class Family(ABC):
         return model_dtype
 
 
+class ImageRequired:
+    """A family whose checkpoints are image-to-video only (Wan I2V, HunyuanVideo-1.5 I2V): without an
+    init image there is neither noise to start from nor a plain call to compare with. The head refuses
+    such a job first (`farm.jobs.init_image.image_required`); this is the node's own guard. Listed
+    before the text-to-video family it extends."""
+
+    def init_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
+                     generators: list[torch.Generator], scheduler: SchedulerMixin,
+                     configs: dict[str, dict]) -> torch.Tensor:
+        raise needs_image(job)
+
+    def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
+        raise needs_image(job)
+
+
+def needs_image(job: JobSpec) -> InvalidInput:
+    return InvalidInput("init_image", f"{job.model} is an image-to-video model: it needs an init image")
+
+
 def plain_call(pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...], **extra: object) -> object:
     """One ordinary pipeline call for `samples` (the baseline a cut run must equal), with the
     arguments every family passes the same way: one generator per sample, as the farm draws them."""

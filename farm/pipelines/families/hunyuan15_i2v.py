@@ -37,9 +37,8 @@ from transformers import (
 )
 
 from farm.contracts.domain import JobSpec, Sample
-from farm.contracts.errors import InvalidInput
 from farm.pipelines import schedulers
-from farm.pipelines.families.base import Live, cpu_generators, to_uint8
+from farm.pipelines.families.base import ImageRequired, Live, cpu_generators, to_uint8
 from farm.pipelines.families.hunyuan15 import (
     TINY_IMAGE_EMBED_DIM,
     HunyuanVideo15,
@@ -69,7 +68,7 @@ class HunyuanVideo15I2VStages(HunyuanVideo15ImageToVideoPipeline):
             self.register_modules(vae=None)
 
 
-class HunyuanVideo15I2V(HunyuanVideo15):
+class HunyuanVideo15I2V(ImageRequired, HunyuanVideo15):
     name = "hunyuanvideo15_i2v"
     pipeline_class = HunyuanVideo15I2VStages
     stages = {
@@ -122,11 +121,6 @@ class HunyuanVideo15I2V(HunyuanVideo15):
                                         pipe._execution_device)
         return {"image_embeds": embeds}
 
-    def init_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
-                     generators: list[torch.Generator], scheduler: SchedulerMixin,
-                     configs: dict[str, dict]) -> torch.Tensor:
-        raise InvalidInput("init_image", f"{job.model} is an image-to-video model: it needs an init image")
-
     @torch.no_grad()
     def image_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
                       image: Image.Image, generators: list[torch.Generator], scheduler: SchedulerMixin,
@@ -158,9 +152,6 @@ class HunyuanVideo15I2V(HunyuanVideo15):
             following = timesteps[i + 1] if i + 1 < len(timesteps) else torch.tensor([0.0], device=latents.device)
             inputs["timestep_r"] = following.expand(batch).to(latents.dtype)
         return inputs
-
-    def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
-        raise InvalidInput("init_image", f"{job.model} is an image-to-video model: it needs an init image")
 
     @torch.no_grad()
     def plain_image(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...],

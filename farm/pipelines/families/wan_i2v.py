@@ -22,9 +22,8 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 from farm.contracts.domain import JobSpec, Sample
-from farm.contracts.errors import InvalidInput
 from farm.pipelines.conditioning import resized
-from farm.pipelines.families.base import Live
+from farm.pipelines.families.base import ImageRequired, Live
 from farm.pipelines.families.wan import Wan21, Wan22, tiny_shared, tiny_transformer, wan_call
 
 TINY_IMAGE_SIZE = 16  # the tiny CLIP vision model's input side: 16 patches of 4x4 and a class token
@@ -43,7 +42,7 @@ def tiny_image_encoder(seed: int) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
     return model.eval(), processor
 
 
-class Wan21I2V(Wan21):
+class Wan21I2V(ImageRequired, Wan21):
     name = "wan21_i2v"
     pipeline_class = WanImageToVideoPipeline
     stages = {"encode": ("text_encoder", "tokenizer", "image_encoder", "image_processor"), "denoise": ("transformer",),
@@ -59,17 +58,6 @@ class Wan21I2V(Wan21):
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
-
-    def _needs_image(self) -> InvalidInput:
-        return InvalidInput("init_image", f"is required by {self.name} models (image-to-video): give an image file")
-
-    def init_latents(self, pipe: DiffusionPipeline, job: JobSpec, cond: dict[str, torch.Tensor],
-                     generators: list[torch.Generator], scheduler: SchedulerMixin,
-                     configs: dict[str, dict]) -> torch.Tensor:
-        raise self._needs_image()
-
-    def plain(self, pipe: DiffusionPipeline, job: JobSpec, samples: tuple[Sample, ...]) -> list[np.ndarray]:
-        raise self._needs_image()
 
     @torch.no_grad()
     def encode_image(self, pipe: DiffusionPipeline, job: JobSpec, image: Image.Image) -> dict[str, torch.Tensor]:
