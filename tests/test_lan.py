@@ -169,14 +169,17 @@ def test_c_a_pc_killed_mid_job_its_work_resumes_elsewhere(farm: Farm) -> None:
         assert [e for e in after if e["kind"] == "node_lost" and e["node"] == "pca"], after
     farm.check_same(farm.fetch(farm.b, job, "after-kill"))
     nodes = farm.lan.nodes()
-    assert nodes["pca"]["status"] == "offline" and nodes["pca"]["reason"], nodes["pca"]
+    seen = [e for e in farm.events.since(seq) if e.get("node") == "pca"]
+    # Killed while idle (its shard done), no Ray call has failed there yet: only its silent agent shows.
+    down = ("offline", "paused") if finished_on_pca else ("offline",)
+    assert nodes["pca"]["status"] in down and nodes["pca"]["reason"], (nodes["pca"], seen)
 
 
 def test_c2_a_killed_pc_that_joins_again_takes_work(farm: Farm) -> None:
     """Seconds after a power cut Ray still counts the old worker alive, so the first new actor may land
     on it and die; the head makes another while the PC's agent reports a running worker."""
     nodes = farm.lan.nodes()
-    if nodes.get("pca", {}).get("status") != "offline":
+    if nodes.get("pca", {}).get("status") not in ("offline", "paused"):
         pytest.skip("needs pca killed by the previous scenario")
     farm.lan.join(farm.a)
     farm.wait_idle("pca", timeout=150)

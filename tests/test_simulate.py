@@ -12,6 +12,7 @@ from farm.core.baselines import equal_split, one_sample_per_task
 from farm.core.costmodel import Shape
 from farm.core.decide import decide, start
 from farm.core.events import ShardsPlanned
+from farm.core.speed import load_seconds
 from farm.runtime.simulate import SimJob, SimNode, lower_bound, sample_seconds, simulate, unit_seconds
 
 NODES = [SimNode(NodeInfo(f"n{v}", v, s), s) for v, s in [(8, 1.0), (12, 1.6), (16, 2.2), (24, 3.5)]]
@@ -44,7 +45,8 @@ def test_the_bound_counts_work_over_speed_and_the_longest_sample() -> None:
     step, decode = unit_seconds(job, one[0])
     bound = lower_bound(one, [job])
     assert bound.work == pytest.approx(3 * (50 * step + decode) / 2)
-    assert bound.sample == pytest.approx(sample_seconds(job, one[0]))
+    assert bound.sample == pytest.approx(load_seconds(WAN) + sample_seconds(job, one[0]))  # begun after a load
+    assert bound.loads == pytest.approx(bound.work + load_seconds(WAN), rel=1e-3)  # both cards load the model
     # a job only the 24 GiB node holds is bounded by that node alone
     only_big = SimJob("h", "hy", Shape("hunyuanvideo15", 480, 320, 61), 2, 50)
     mixed = [SimNode(NodeInfo("small", 8, 10.0), 10.0), SimNode(NodeInfo("big", 24, 1.0), 1.0)]

@@ -7,15 +7,20 @@ Two decisions, both pure functions of plain tables so they are tested without Ra
   or its denoise when its decode or encode (or both) fits another node: then the shard's last
   segment is an empty `(end, end)` that only decodes, from the checkpoint, or its first an empty
   `(0, 0)` that only encodes and returns the first checkpoint, placed like any waiting segment.
-  Samples go chunk by chunk where the farm would finish earliest, counting the node's queued home
-  work, the load where it does not hold the model, and what a small batch or a load wastes for the
-  work left (`split_samples`): a chunk is a whole batch while much work is left to place and shrinks
-  to one sample for the last; on idle nodes a lone job gets about a share proportional to speed. A
-  node's share is cut into shards of the largest batch its budget holds (unless a smaller one runs a
+  How many samples each node runs is decided for all the jobs of a priority at once
+  (`farm.core.assign.balance`, a mixed-integer program): the latest finish is as early as it can be,
+  counting each node's queued home work, its seconds per sample and per shard at its batch, and a
+  model load on each node that runs a model it does not hold. A lone job, or a level the solver
+  finds no plan for in its limits, goes chunk by chunk where the farm would finish earliest
+  (`split_samples`): a chunk is a whole batch while much work is left to place and shrinks to one
+  sample for the last; on idle nodes a lone job gets about a share proportional to speed. A node's
+  share is cut into shards of the largest batch its budget holds (unless a smaller one runs a
   sample as fast: video), and each shard into segments of about `segment_seconds` on it (at least two).
 * `plan_tick` (every tick): each idle node takes one ready segment; `ready` comes in queue order
-  (`farm.core.order`). A node's own shards go first (batch and segment length were sized for it; one
-  LONG_FIRST times longer than the queue's choice before it, so long videos do not start last), unless
+  (`farm.core.order`). A node's own shards go first (batch and segment length were sized for it; a
+  shard it has begun before any other, so a video is not left half done while the node runs the
+  queue's next jobs and then finished late, on whichever card is free; else one LONG_FIRST times
+  longer than the queue's choice before it, so long videos do not start last), unless
   an idle node with nothing of its own is predicted to finish the shard's remaining steps MOVE_GAIN
   sooner, hand-off and model load included (a migration at a segment boundary: the shard with the most
   time left picks first, so a fast card that frees up takes over the longest samples of slow ones);
@@ -34,9 +39,9 @@ from dataclasses import dataclass, field, replace
 
 from farm.contracts.domain import Assignment, NodeInfo, NodeState, ReadySegment, Shard
 from farm.contracts.ids import shard_id
-from farm.core import costmodel, model_lists
+from farm.core import assign, costmodel, model_lists
 from farm.core.costmodel import Fit, Shape
-from farm.core.speed import SpeedBook, load_seconds, reference_decode_seconds, streamed_step_seconds
+from farm.core.speed import SpeedBook, load_seconds, offload_seconds, reference_decode_seconds, streamed_step_seconds
 
 # Target duration of one segment: bounds the work a crash loses and how long an owner waits to get
 # the GPU back, while keeping hand-offs (a checkpoint each) rare.
@@ -151,10 +156,12 @@ class _Option:
 
 def _sample_seconds(shape: Shape, steps: int, fit: Fit, node: NodeInfo, speeds: SpeedBook) -> float:
     """Expected seconds of one sample on a node in a shard of `fit`: its steps (in a streamed memory
-    mode each step also moves the denoiser's weights over PCIe, at any card's speed) and its decode."""
+    mode each step also moves the denoiser's weights over PCIe, at any card's speed), its decode, and
+    its share of the shard's component moves under model offload."""
     decode = reference_decode_seconds(shape, 1, fit.mode.tiled) * speeds.factor(node, shape.family)
     streamed = streamed_step_seconds(shape) / fit.batch if fit.mode.streamed else 0.0
-    return (speeds.seconds_per_sample_step(node, shape, fit.batch) + streamed) * steps + decode
+    moved = offload_seconds(shape) / fit.batch if fit.mode.offload and not fit.mode.streamed else 0.0
+    return (speeds.seconds_per_sample_step(node, shape, fit.batch) + streamed) * steps + decode + moved
 
 
 def stage_batch(shape: Shape, nodes: Iterable[NodeInfo], context: PlanContext, want: int,
@@ -312,14 +319,15 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
     """Shards for every job's unplaced samples at once: (job id, demand) pairs in queue order.
 
     Placing one job at a time in arrival order fills the large cards with work any card could do,
-    and a video job that arrives next then queues behind it while small cards idle. So within a
-    priority the jobs that fit the least capacity (the sum of speeds of the nodes that hold them)
-    are placed first, among those the ones whose samples take longest (a sample is indivisible:
-    placed last, a long video lands on whichever card is least full and sets the makespan, while
-    short image samples placed after it even the cards out), and each later job's samples go where
-    they finish first behind them. Higher priorities are placed first. Execution order stays the queue
-    order (`plan_tick`). Call it again
-    with the unstarted samples of every queued job whenever a job arrives. Raises DoesNotFit.
+    and a video job that arrives next then queues behind it while small cards idle. So the jobs of a
+    priority are assigned together (`_balance`, `farm.core.assign`), higher priorities first, each
+    level behind the work of the ones before it. Where that finds no plan they are placed one by one:
+    the jobs that fit the least capacity (the sum of speeds of the nodes that hold them) first, among
+    those the ones whose samples take longest (a sample is indivisible: placed last, a long video lands
+    on whichever card is least full and sets the makespan, while short image samples placed after it
+    even the cards out), each later job's samples where they finish first behind them. Execution order
+    stays the queue order (`plan_tick`). Call it again with the unstarted samples of every queued job
+    whenever a job arrives. Raises DoesNotFit.
     """
     options = {job_id: _options(d, nodes, context) for job_id, d in demands}
     capacity = {job_id: sum(context.speeds.relative_speed(o.node, d.shape.family) for o in options[job_id])
@@ -337,17 +345,60 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
     stored = {n.name: context.stored.get(n.name, frozenset()) for n in nodes}
     by_name = {n.name: n for n in nodes}
     out: dict[str, list[Shard]] = {}
+    solved: dict[str, list[int]] = {}
+    levels: set[int] = set()
     for i in order:
         job_id, demand = demands[i]
         step = replace(context, backlog=backlog, loaded=loaded, stored=stored)
+        level = [demands[j] for j in order if demands[j][1].priority == demand.priority]
+        if demand.priority not in levels and len(level) > 1:  # its level's first job: place the level at once
+            levels.add(demand.priority)
+            solved.update(_balance(level, options, nodes, step))
         after[demand.priority] -= work[job_id]
-        counts = split_samples(demand, options[job_id], step, after[demand.priority])
+        counts = solved.get(job_id) or split_samples(demand, options[job_id], step, after[demand.priority])
         out[job_id] = _shards(job_id, demand, options[job_id], counts, max_segment_steps, step)
         for shard in out[job_id]:
             backlog[shard.home] += shard_seconds(shard, demand.shape, 0, by_name[shard.home], context.speeds)
             loaded[shard.home] = loaded[shard.home] | {demand.model}
             stored[shard.home] = stored[shard.home] | {demand.model}
     return out
+
+
+def _cost(demand: Demand, option: _Option, context: PlanContext) -> assign.Cost:
+    """The job on the option's node as `assign.balance` prices it: a shard of b samples takes
+    per_shard + b * per_sample (steps cost a batch's overhead plus its samples' share; decodes are
+    per sample), fitted through a shard of one and a full batch."""
+    node, batch = option.node, option.fit.batch
+
+    def shard(size: int) -> float:
+        return size * _sample_seconds(demand.shape, demand.steps, option.smaller[size - 1], node, context.speeds)
+
+    one, full = shard(1), shard(batch)
+    per_sample = (full - one) / (batch - 1) if batch > 1 else one
+    if per_sample > one or per_sample <= 0:  # not linear (another memory mode at one): price the full batch
+        per_sample = full / batch
+    held = demand.model in context.loaded.get(node.name, frozenset())
+    load = (0.0 if held else load_seconds(demand.shape)) + context.fetch_seconds(node.name, demand.model)
+    return assign.Cost(per_sample, max(0.0, one - per_sample), batch, load)
+
+
+def _balance(level: Sequence[tuple[str, Demand]], options: Mapping[str, Sequence[_Option]],
+             nodes: Sequence[NodeInfo], context: PlanContext) -> dict[str, list[int]]:
+    """Counts per option for every job of one priority at once (`assign.balance`); empty when the
+    solver found no plan within its limits (the jobs are then placed one by one, as a lone job is:
+    the trade-offs between jobs, which kind goes where and which loads to skip, need two, and a lone
+    job is what an interactive user or the demo sends, spread by speed over the cards that run it)."""
+    column = {n.name: k for k, n in enumerate(nodes)}
+    items = []
+    for job_id, demand in level:
+        costs: list[assign.Cost | None] = [None] * len(nodes)
+        for opt in options[job_id]:
+            costs[column[opt.node.name]] = _cost(demand, opt, context)
+        items.append(assign.Item(len(demand.samples), demand.model, tuple(costs)))
+    counts = assign.balance(items, [context.backlog.get(n.name, 0.0) for n in nodes])
+    if counts is None:
+        return {}
+    return {job_id: [row[column[o.node.name]] for o in options[job_id]] for (job_id, _), row in zip(level, counts)}
 
 
 def plan_shards(job_id: str, demand: Demand, nodes: Sequence[NodeInfo], max_segment_steps: int | None = None,
@@ -358,11 +409,13 @@ def plan_shards(job_id: str, demand: Demand, nodes: Sequence[NodeInfo], max_segm
 
 def shard_seconds(shard: Shard, shape: Shape, from_step: int, node: NodeInfo, speeds: SpeedBook) -> float:
     """Expected seconds of a shard on `node` from step `from_step`: the steps left (streaming the
-    denoiser's weights each step in a streamed memory mode) and the decode."""
+    denoiser's weights each step in a streamed memory mode), the decode, and under model offload the
+    components' moves over PCIe."""
     mode = costmodel.MemoryMode(shard.memory_mode)
     decode = reference_decode_seconds(shape, shard.batch, mode.tiled) * speeds.factor(node, shape.family)
     step = speeds.step_seconds(node, shape, shard.batch) + (streamed_step_seconds(shape) if mode.streamed else 0.0)
-    return (shard.bounds[-1][1] - from_step) * step + decode
+    moved = offload_seconds(shape) if mode.offload and not mode.streamed else 0.0
+    return (shard.bounds[-1][1] - from_step) * step + decode + moved
 
 
 def backlog_seconds(pending: Iterable[tuple[Shard, Shape, int]], nodes: Sequence[NodeInfo],
@@ -394,10 +447,11 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
     """One decision per idle node; `ready` is in queue order (earlier first).
 
     Home segments go first, so a node's own next segment is never taken by a neighbour that was
-    merely quicker to ask (within the top priority of its own segments, one of a model it holds comes
-    first: a model load costs more than the order of two jobs' segments on one card). With `finish`
-    (predicted seconds to finish a shard on a node) a shard LONG_FIRST times longer than that choice
-    goes first instead, and the chosen shard may move to an idle node with nothing of its own that
+    merely quicker to ask (within the top priority of its own segments, one of a shard it has begun
+    first, then one of a model it holds: a model load costs more than the order of two jobs'
+    segments on one card). With `finish` (predicted seconds to finish a shard on a node) and no
+    begun shard, a shard LONG_FIRST times longer than that choice goes first instead; either way the
+    chosen shard may move to an idle node with nothing of its own that
     finishes it MOVE_GAIN sooner, the shards with the most time left at home choosing first. Without
     it a shard stays home and the queue's order holds. Then each
     waiting segment, in queue order, goes to an idle node it fits in some memory mode, one that holds
@@ -410,7 +464,7 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
     taken: set[tuple[str, int]] = set()
     out: list[Assignment] = []
 
-    def assign(name: str, seg: ReadySegment, mode: str) -> None:
+    def give(name: str, seg: ReadySegment, mode: str) -> None:
         out.append(Assignment(name, seg.shard_id, seg.index, mode))
         taken.add((seg.shard_id, seg.index))
         del idle[name]
@@ -422,7 +476,7 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
             best = min((idle[name] for name in modes),
                        key=lambda n: (seg.model not in n.loaded, seg.model in lacks.get(n.info.name, ()),
                                       -n.info.speed, n.info.name))
-            assign(best.info.name, seg, modes[best.info.name])
+            give(best.info.name, seg, modes[best.info.name])
 
     for seg in ready:  # a stage-only segment takes seconds, on one of the few cards it fits
         if seg.stage_only and idle:
@@ -437,8 +491,11 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
     picks = []
     for name, segs in own.items():
         top = [(s, m) for s, m in segs if s.priority == segs[0][0].priority]
+        started = [(s, m) for s, m in top if s.index > 0 and not s.stage_only]
         seg, mode = next(((s, m) for s, m in top if s.model in idle[name].loaded), segs[0])
-        if finish is not None:
+        if started:  # a shard begun here runs to its end: paused, a long video would set the tail
+            seg, mode = started[0]
+        elif finish is not None:
             longest = max(top, key=lambda sm: (sm[0].model in idle[name].loaded, finish(sm[0], idle[name])))
             if finish(longest[0], idle[name]) >= LONG_FIRST * finish(seg, idle[name]):
                 seg, mode = longest
@@ -450,7 +507,7 @@ def plan_tick(ready: Sequence[ReadySegment], nodes: Sequence[NodeState],
             sooner = min(moves, default=None)
             if sooner is not None and sooner[0] < stay * (1 - MOVE_GAIN):
                 _, name, mode = sooner
-        assign(name, seg, mode)
+        give(name, seg, mode)
     for seg in ready:
         if not idle:
             break

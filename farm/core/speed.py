@@ -81,6 +81,13 @@ def streamed_step_seconds(shape: Shape) -> float:
     return sum(c.weights_gib for c in shape.profile.role(Role.DENOISER)) / OFFLOAD_GIB_PER_S
 
 
+def offload_seconds(shape: Shape) -> float:
+    """Seconds a shard spends moving components over PCIe under model CPU offload: each moves onto
+    the GPU when it runs and off when another runs (the denoiser stays between a shard's segments on
+    one card), so about every component's weights once per shard."""
+    return sum(c.weights_gib for c in shape.profile.components) / OFFLOAD_GIB_PER_S
+
+
 def checkpoint_bytes(shape: Shape, batch: int) -> int:
     """About how many bytes a shard's checkpoint moves between nodes: float32 latents (16 channels at
     an eighth of the resolution, the video families' layout; image families have fewer) and the
