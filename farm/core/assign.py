@@ -3,8 +3,7 @@
 Placing jobs one after another (`planner.split_samples`) cannot see that a model loaded on a second
 card for one job is a load the next job of that model then needs nowhere else, or that a card which
 runs videos nearly as well as the fastest one should take the videos so the fastest takes the images
-it runs far better. Both are decisions about the queue as a whole, and together they were most of
-what separated the farm from the lower bound (bench/scheduler.py). So this module decides the counts
+it runs far better. Both are decisions about the queue as a whole. So this module decides the counts
 for every job of a priority at once, as a small mixed-integer program solved by HiGHS (through
 scipy): minimise the time the last node finishes, where a node's time is
 
@@ -13,9 +12,9 @@ scipy): minimise the time the last node finishes, where a node's time is
 
 with a job's samples summing to its count, shards of at most the node's batch, and a load paid by a
 node that runs any sample of the model. The program is pure (a function of plain numbers, solved to
-a node limit, so the same queue gets the same plan); a solve that stops further than FALLBACK_GAP from
-the optimum returns None and the caller places the jobs one by one. The same program with samples
-split freely gives the benchmark's lower bound with loads (`least_makespan`).
+a node limit, so the same queue gets the same plan); the planner keeps its plan unless placing the
+jobs one by one finishes sooner by the same prices (`makespan`). The same program with samples split
+freely gives the benchmark's lower bound with loads (`least_makespan`).
 """
 
 from __future__ import annotations
@@ -37,9 +36,6 @@ TIME_LIMIT_S = 2.0
 BOUND_GAP = 1e-4
 BOUND_NODES = 50
 BOUND_TIME_LIMIT_S = 60.0
-# A plan the solver could only bring within this fraction of the optimum in its time limit is worse
-# than placing the jobs one by one.
-FALLBACK_GAP = 0.03
 # Weight of the total busy seconds beside the makespan: among plans that finish together, the one
 # that spends the least (fewer loads, fuller batches) wins.
 SPEND_WEIGHT = 0.01
@@ -68,8 +64,8 @@ class Item:
 
 def balance(items: Sequence[Item], start: Sequence[float], time_limit: float = TIME_LIMIT_S) -> list[list[int]] | None:
     """Samples per node for each item ([item][node], each row summing to its count) that minimise the
-    latest finish, nodes starting at `start` seconds; None when the solver stopped without a plan
-    within FALLBACK_GAP of the optimum, or a price is not a finite number of seconds.
+    latest finish, nodes starting at `start` seconds: the optimum, or the best plan the solver found
+    within its limits; None when it found none or a price is not a finite number of seconds.
 
     Items of one model that cost the same everywhere (jobs of one kind) are solved as one: the program
     stays a few kinds by the nodes however long the queue, and a node's count of a kind goes to as few
@@ -87,6 +83,21 @@ def balance(items: Sequence[Item], start: Sequence[float], time_limit: float = T
         for i, shares in zip(members, _share([items[i].samples for i in members], row)):
             out[i] = shares
     return out
+
+
+def makespan(items: Sequence[Item], counts: Sequence[Sequence[int]], start: Sequence[float]) -> float:
+    """The latest finish of a plan ([item][node] sample counts) by the program's prices: each item's
+    samples on a node in shards of at most its batch, and each model a node runs loaded once."""
+    finish = list(start)
+    for n in range(len(start)):
+        loads: dict[str, float] = {}
+        for item, row in zip(items, counts):
+            cost = item.costs[n]
+            if row[n] and cost is not None:
+                finish[n] += row[n] * cost.per_sample + math.ceil(row[n] / cost.batch) * cost.per_shard
+                loads[item.model] = min(loads.get(item.model, cost.load), cost.load)
+        finish[n] += sum(loads.values())
+    return max(finish)
 
 
 def _kinds(items: Sequence[Item]) -> list[tuple[Item, list[int]]]:
@@ -134,7 +145,7 @@ def _solve(items: Sequence[Item], start: Sequence[float], time_limit: float) -> 
     """`balance` for items that are all different kinds."""
     program = _Program(items, start, integral=True, spend_weight=SPEND_WEIGHT, horizon=_greedy(items, start))
     result = program.solve(time_limit)
-    if result.x is None or (result.status != 0 and result.mip_gap > FALLBACK_GAP):
+    if result.x is None:
         return None
     out = [[0] * len(start) for _ in items]
     for (kind, i, n), j in program.index.items():

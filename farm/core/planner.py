@@ -343,24 +343,43 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
     backlog = {n.name: context.backlog.get(n.name, 0.0) for n in nodes}
     loaded = {n.name: context.loaded.get(n.name, frozenset()) for n in nodes}
     stored = {n.name: context.stored.get(n.name, frozenset()) for n in nodes}
-    by_name = {n.name: n for n in nodes}
     out: dict[str, list[Shard]] = {}
-    solved: dict[str, list[int]] = {}
-    levels: set[int] = set()
-    for i in order:
-        job_id, demand = demands[i]
+    for priority in sorted({d.priority for _, d in demands}, reverse=True):
+        level = [demands[i] for i in order if demands[i][1].priority == priority]
         step = replace(context, backlog=backlog, loaded=loaded, stored=stored)
-        level = [demands[j] for j in order if demands[j][1].priority == demand.priority]
-        if demand.priority not in levels and len(level) > 1:  # its level's first job: place the level at once
-            levels.add(demand.priority)
-            solved.update(_balance(level, options, nodes, step))
-        after[demand.priority] -= work[job_id]
-        counts = solved.get(job_id) or split_samples(demand, options[job_id], step, after[demand.priority])
-        out[job_id] = _shards(job_id, demand, options[job_id], counts, max_segment_steps, step)
-        for shard in out[job_id]:
-            backlog[shard.home] += shard_seconds(shard, demand.shape, 0, by_name[shard.home], context.speeds)
-            loaded[shard.home] = loaded[shard.home] | {demand.model}
-            stored[shard.home] = stored[shard.home] | {demand.model}
+        counts = _one_by_one(level, options, work, nodes, step, max_segment_steps)
+        if len(level) > 1:
+            counts = _better(level, options, nodes, step, counts)
+        for job_id, demand in level:
+            out[job_id] = _shards(job_id, demand, options[job_id], counts[job_id], max_segment_steps, step)
+            _account(out[job_id], demand, nodes, step.speeds, backlog, loaded, stored)
+    return out
+
+
+def _account(shards: Sequence[Shard], demand: Demand, nodes: Sequence[NodeInfo], speeds: SpeedBook,
+             backlog: dict[str, float], loaded: dict[str, frozenset[str]], stored: dict[str, frozenset[str]]) -> None:
+    """Add planned shards to their homes' queued seconds, and their model to what those homes hold."""
+    by_name = {n.name: n for n in nodes}
+    for shard in shards:
+        backlog[shard.home] += shard_seconds(shard, demand.shape, 0, by_name[shard.home], speeds)
+        loaded[shard.home] = loaded[shard.home] | {demand.model}
+        stored[shard.home] = stored[shard.home] | {demand.model}
+
+
+def _one_by_one(level: Sequence[tuple[str, Demand]], options: Mapping[str, Sequence[_Option]],
+                work: Mapping[str, float], nodes: Sequence[NodeInfo], context: PlanContext,
+                max_segment_steps: int | None) -> dict[str, list[int]]:
+    """Counts per option of each job of one priority, placed in turn where they finish first behind the
+    ones before (`split_samples`), each job's level counting the work of the jobs after it."""
+    backlog, loaded, stored = dict(context.backlog), dict(context.loaded), dict(context.stored)
+    after = sum(work[job_id] for job_id, _ in level)
+    out = {}
+    for job_id, demand in level:
+        step = replace(context, backlog=backlog, loaded=loaded, stored=stored)
+        after -= work[job_id]
+        out[job_id] = split_samples(demand, options[job_id], step, after)
+        _account(_shards(job_id, demand, options[job_id], out[job_id], max_segment_steps, step), demand, nodes,
+                 step.speeds, backlog, loaded, stored)
     return out
 
 
@@ -382,12 +401,11 @@ def _cost(demand: Demand, option: _Option, context: PlanContext) -> assign.Cost:
     return assign.Cost(per_sample, max(0.0, one - per_sample), batch, load)
 
 
-def _balance(level: Sequence[tuple[str, Demand]], options: Mapping[str, Sequence[_Option]],
-             nodes: Sequence[NodeInfo], context: PlanContext) -> dict[str, list[int]]:
-    """Counts per option for every job of one priority at once (`assign.balance`); empty when the
-    solver found no plan within its limits (the jobs are then placed one by one, as a lone job is:
-    the trade-offs between jobs, which kind goes where and which loads to skip, need two, and a lone
-    job is what an interactive user or the demo sends, spread by speed over the cards that run it)."""
+def _better(level: Sequence[tuple[str, Demand]], options: Mapping[str, Sequence[_Option]], nodes: Sequence[NodeInfo],
+            context: PlanContext, one_by_one: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The counts of the whole level assigned at once (`assign.balance`), unless `one_by_one` finishes
+    sooner by the same prices (`assign.makespan`: the solver stopped at its limits on a worse plan) or
+    the solver had none (a price it cannot hold). On a tie the solver's plan, which also spends least."""
     column = {n.name: k for k, n in enumerate(nodes)}
     items = []
     for job_id, demand in level:
@@ -395,10 +413,17 @@ def _balance(level: Sequence[tuple[str, Demand]], options: Mapping[str, Sequence
         for opt in options[job_id]:
             costs[column[opt.node.name]] = _cost(demand, opt, context)
         items.append(assign.Item(len(demand.samples), demand.model, tuple(costs)))
-    counts = assign.balance(items, [context.backlog.get(n.name, 0.0) for n in nodes])
-    if counts is None:
-        return {}
-    return {job_id: [row[column[o.node.name]] for o in options[job_id]] for (job_id, _), row in zip(level, counts)}
+    start = [context.backlog.get(n.name, 0.0) for n in nodes]
+    solved = assign.balance(items, start)
+    mine = []
+    for job_id, _ in level:
+        row = [0] * len(nodes)
+        for opt, count in zip(options[job_id], one_by_one[job_id]):
+            row[column[opt.node.name]] = count
+        mine.append(row)
+    if solved is None or assign.makespan(items, mine, start) < assign.makespan(items, solved, start):
+        return one_by_one
+    return {job_id: [row[column[o.node.name]] for o in options[job_id]] for (job_id, _), row in zip(level, solved)}
 
 
 def plan_shards(job_id: str, demand: Demand, nodes: Sequence[NodeInfo], max_segment_steps: int | None = None,
