@@ -153,3 +153,36 @@ def test_an_idle_actor_is_parked_and_the_next_job_starts_a_new_one_that_renders_
             assert np.abs(pixels(a) - pixels(b)).max() <= 1  # batches may differ: the odd pixel by 1/255
     finally:
         executor.shutdown()
+
+
+@pytest.mark.slow
+def test_a_node_whose_actor_died_is_answered_by_a_new_actor_not_the_cluster_view(embedded) -> None:
+    """An actor that died under a call is dropped and its node is lost: the next probe starts a new
+    actor there and only its answer brings the node back (Ray's cluster view still lists a PC killed a
+    moment ago, so it cannot say the node is back; and a dead actor is never parked as if idle)."""
+    import os
+    import signal
+
+    from farm.contracts.errors import NodeLost
+    from farm.runtime.executor import RayExecutor
+
+    executor = RayExecutor(embedded.nodes(), park_s=600.0)
+
+    def answer(handle: object) -> object:
+        for _ in range(120):
+            for h, outcome in executor.wait(1.0):
+                if h is handle:
+                    return outcome
+        raise AssertionError("the probe was never answered")
+
+    try:
+        pid = answer(executor.probe("sim-8gb"))
+        assert isinstance(pid, int) and pid > 0
+        os.kill(pid, signal.SIGKILL)  # the worker dies, as with its PC
+        assert isinstance(answer(executor.probe("sim-8gb")), NodeLost)
+        assert "sim-8gb" in executor.lost and "sim-8gb" not in executor.actors  # dropped, not parked later
+        again = answer(executor.probe("sim-8gb"))
+        assert isinstance(again, int) and again not in (0, pid)  # a new actor's process answered
+        assert "sim-8gb" not in executor.lost
+    finally:
+        executor.shutdown()

@@ -147,6 +147,10 @@ class RayExecutor:
         self._local = frozenset(n.name for n in nodes)
         self.actors: dict[str, ray.actor.ActorHandle] = {}  # a parked node has none
         self.pending: dict[object, str] = {}  # a call's handle -> its node
+        self.callee: dict[object, ray.actor.ActorHandle] = {}  # a call's handle -> the actor it went to
+        # Nodes whose actor died under a call (its worker or PC went away): their probes ping a new
+        # actor, never Ray's view of the cluster, which lists a killed PC for a while after.
+        self.lost: set[str] = set()
         self.idle_since: dict[str, float] = {}  # a node with an actor and no call -> since when (monotonic)
         # What wait() hands out: StepEvents, (handle, outcome) from segment readers, probe refs, None (wake).
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -166,6 +170,7 @@ class RayExecutor:
         with self._lock:
             old = self.actors.pop(info.name, None)
             self._nodes = [n for n in self._nodes if n.name != info.name] + [info]
+            self.lost.discard(info.name)
         if old is not None:
             self._kill(old)
         with self._lock:
@@ -203,8 +208,10 @@ class RayExecutor:
     def submit(self, node: str, task: SegmentTask) -> object:
         shape = result_codec.image_shape(task.job)
         with self._lock:
-            gen = self._actor(node).run.options(num_returns="streaming").remote(task)
+            actor = self._actor(node)
+            gen = actor.run.options(num_returns="streaming").remote(task)
             self.pending[gen] = node
+            self.callee[gen] = actor
             self.idle_since.pop(node, None)
         threading.Thread(target=self._read, args=(gen, node, task.shard_id, shape),
                          name=f"farm-segment-{node}", daemon=True).start()
@@ -249,24 +256,38 @@ class RayExecutor:
                 self._steps.append(item)
             elif isinstance(item, tuple):
                 handle, outcome = item
-                if self._ended(handle):
+                if self._ended(handle, outcome):
                     out.append((handle, outcome))
             elif item is not None:  # a probe's ref, answered
                 node = self.pending.get(item)
-                if self._ended(item) and node is not None:
-                    try:
-                        out.append((item, ray.get(item)))
-                    except Exception as e:
-                        out.append((item, ray_outcome(node, e)))
+                try:
+                    answer: object = ray.get(item)
+                except Exception as e:
+                    answer = ray_outcome(node, e) if node is not None else e
+                if node is not None and self._ended(item, answer):
+                    out.append((item, answer))  # type: ignore[arg-type]
         self._park_due()
         return out
 
-    def _ended(self, handle: object) -> bool:
-        """Forget a call that ended; False for one no longer waited for (its node was removed)."""
+    def _ended(self, handle: object, outcome: object) -> bool:
+        """Forget a call that ended; False for one no longer waited for (its node was removed). An actor
+        that died under it is dropped (not parked later as if idle) and its node is `lost`, unless the
+        node has a newer actor (it joined again); a node that answered is not lost."""
+        dead = None
         with self._lock:
             node = self.pending.pop(handle, None)
-            if node is not None and node in self.actors and node not in self.pending.values():
-                self.idle_since[node] = time.monotonic()
+            actor = self.callee.pop(handle, None)
+            if node is not None and isinstance(outcome, NodeLost):
+                if actor is not None and self.actors.get(node) is actor:
+                    dead = self.actors.pop(node)
+                    self.idle_since.pop(node, None)
+                    self.lost.add(node)
+            elif node is not None:
+                self.lost.discard(node)
+                if node in self.actors and node not in self.pending.values():
+                    self.idle_since[node] = time.monotonic()
+        if dead is not None:
+            self._kill(dead)
         return node is not None
 
     def _park_due(self) -> float:
@@ -285,9 +306,13 @@ class RayExecutor:
 
     def probe(self, node: str) -> object:
         """A health probe: the actor answers with its process id once it runs. A parked node answers at
-        once from the cluster view: present (0) or `NodeLost` (its Ray node left)."""
+        once from the cluster view: present (0) or `NodeLost` (its Ray node left). A lost node (its actor
+        died) gets a new actor to answer where its Ray node is still listed: a PC killed a moment ago
+        is, and only an actor that runs there says it is back."""
         with self._lock:
             actor = self.actors.get(node)
+            if actor is None and node in self.lost and self._present(node):
+                actor = self._actor(node)
             if actor is None:
                 handle = object()
                 self.pending[handle] = node
@@ -296,6 +321,7 @@ class RayExecutor:
                 return handle
             ref = actor.pid.remote()
             self.pending[ref] = node
+            self.callee[ref] = actor
             self.idle_since.pop(node, None)
         ref.future().add_done_callback(lambda _: self._inbox.put(ref))
         return ref
@@ -325,7 +351,9 @@ class RayExecutor:
         with self._lock:
             actor = self.actors.pop(node, None)
             self.pending = {ref: n for ref, n in self.pending.items() if n != node}
+            self.callee = {ref: a for ref, a in self.callee.items() if ref in self.pending}
             self.idle_since.pop(node, None)
+            self.lost.discard(node)
             self._nodes = [n for n in self._nodes if n.name != node]
         if actor is not None:
             self._kill(actor)

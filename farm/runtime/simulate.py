@@ -397,7 +397,8 @@ class LowerBound:
     Hand-offs, offload transfers, dispatch, and loads beyond the first of each model on each node
     are left out, so the bound is never above the true optimum (tests/test_lower_bound.py checks it
     against brute force on small cases, loads included). `without_loads` is the largest of the
-    other four: the bound before loads were counted, which bench/scheduler.py prints beside it.
+    other four, which bench/scheduler.py prints beside it: the bound before loads were counted, but
+    for the one load the longest sample waits for (on the benchmark's workloads that term never binds).
     """
 
     work: float
