@@ -108,3 +108,35 @@ def test_a_restarted_ray_worker_gets_new_actors(tmp_path: Path) -> None:
     finally:
         links.remove("pc2")
         worker.stop()
+
+
+def test_a_restart_between_two_readings_the_head_saw_still_gets_new_actors() -> None:
+    """An agent sends its latest reading, not each one: the head may see its worker never started (0)
+    and then restarted (2), the first start in between unseen. That is a restart: the actor that ran
+    on the first worker is gone with it."""
+    import threading
+
+    from farm.contracts.hardware import Reading
+
+    class Scripted:
+        def __init__(self) -> None:
+            self.closed = threading.Event()
+
+        def follow(self):  # type: ignore[no-untyped-def]
+            for starts in (0, 2):
+                yield Reading(NodeStatus.IDLE, "", (), OwnerPolicy(), False, starts)
+            self.closed.wait()
+
+        def command(self, status: NodeStatus | None, reason: str) -> None:
+            """Not used."""
+
+        def close(self) -> None:
+            self.closed.set()
+
+    revived: list[str] = []
+    links = AgentLinks(FakeFarm(), on_new_worker=revived.append)
+    links.add("pc2", ("pc2",), Scripted())
+    try:
+        assert wait_until(lambda: revived == ["pc2"], timeout=10)
+    finally:
+        links.remove("pc2")

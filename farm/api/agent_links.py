@@ -139,7 +139,7 @@ class AgentLinks:
 
     def _follow(self, pc: str, nodes: tuple[str, ...], agent: AgentHandle, stop: threading.Event) -> None:
         applied: NodeStatus | None = None
-        starts = 0
+        starts: int | None = None  # the worker starts of the last reading (None: none heard yet)
         heard = False
         began = time.monotonic()
         revived = 0.0
@@ -148,7 +148,9 @@ class AgentLinks:
             try:
                 for reading in agent.follow():
                     heard, warned = True, ""
-                    if starts and reading.worker_starts > starts and self.on_new_worker:  # a restart, not the first
+                    # A restart, not the first start: a reading taken before the first start (0) and the
+                    # next one after a restart (2), the one in between missed, is a restart too.
+                    if starts is not None and reading.worker_starts > max(starts, 1) and self.on_new_worker:
                         for n in nodes:
                             self.on_new_worker(n)
                     starts = reading.worker_starts
