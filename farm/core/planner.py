@@ -10,8 +10,9 @@ Two decisions, both pure functions of plain tables so they are tested without Ra
   How many samples each node runs is decided for all the jobs of a priority at once
   (`farm.core.assign.balance`, a mixed-integer program): the latest finish is as early as it can be,
   counting each node's queued home work, its seconds per sample and per shard at its batch, and a
-  model load on each node that runs a model it does not hold. A lone job, or a level the solver
-  finds no plan for in its limits, goes chunk by chunk where the farm would finish earliest
+  model load on each node that runs a model it does not hold. A lone job, or a level whose
+  one-by-one placement finishes sooner by the same prices (the solver stopped at its limits), goes
+  chunk by chunk where the farm would finish earliest
   (`split_samples`): a chunk is a whole batch while much work is left to place and shrinks to one
   sample for the last; on idle nodes a lone job gets about a share proportional to speed. A node's
   share is cut into shards of the largest batch its budget holds (unless a smaller one runs a
@@ -320,8 +321,8 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
 
     Placing one job at a time in arrival order fills the large cards with work any card could do,
     and a video job that arrives next then queues behind it while small cards idle. So the jobs of a
-    priority are assigned together (`_balance`, `farm.core.assign`), higher priorities first, each
-    level behind the work of the ones before it. Where that finds no plan they are placed one by one:
+    priority are assigned together (`_better`, `farm.core.assign`), higher priorities first, each
+    level behind the work of the ones before it, unless placing them one by one finishes sooner:
     the jobs that fit the least capacity (the sum of speeds of the nodes that hold them) first, among
     those the ones whose samples take longest (a sample is indivisible: placed last, a long video lands
     on whichever card is least full and sets the makespan, while short image samples placed after it
