@@ -133,9 +133,9 @@ def least_makespan(items: Sequence[Item], time_limit: float = BOUND_TIME_LIMIT_S
     amount split freely (fractions of samples, steps on one node and the decode on another) and only
     the loads whole, a node paying the load of each model it runs any of. HiGHS's dual bound, which
     holds even when the solver stops early (0 when it found nothing)."""
-    merged = [merged for merged, _ in _kinds(items)]
+    kinds = [kind for kind, _ in _kinds(items)]
     start = [0.0] * len(items[0].costs)
-    program = _Program(merged, start, integral=False, spend_weight=0.0, horizon=_greedy(merged, start))
+    program = _Program(kinds, start, integral=False, spend_weight=0.0, horizon=_greedy(kinds, start))
     result = program.solve(time_limit, BOUND_GAP, BOUND_NODES)
     bound = getattr(result, "mip_dual_bound", None)
     return float(bound) if bound is not None and math.isfinite(bound) else 0.0

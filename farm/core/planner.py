@@ -338,29 +338,26 @@ def plan_queue(demands: Sequence[tuple[str, Demand]], nodes: Sequence[NodeInfo],
     order = sorted(range(len(demands)),
                    key=lambda i: (-demands[i][1].priority, capacity[demands[i][0]], -longest[demands[i][0]], i))
     work = {job_id: len(d.samples) * _reference_seconds(d, options[job_id], context.speeds) for job_id, d in demands}
-    after = {d.priority: 0.0 for _, d in demands}  # a job's level counts only work of its own priority
-    for job_id, d in demands:
-        after[d.priority] += work[job_id]
     backlog = {n.name: context.backlog.get(n.name, 0.0) for n in nodes}
     loaded = {n.name: context.loaded.get(n.name, frozenset()) for n in nodes}
     stored = {n.name: context.stored.get(n.name, frozenset()) for n in nodes}
+    by_name = {n.name: n for n in nodes}
     out: dict[str, list[Shard]] = {}
     for priority in sorted({d.priority for _, d in demands}, reverse=True):
         level = [demands[i] for i in order if demands[i][1].priority == priority]
         step = replace(context, backlog=backlog, loaded=loaded, stored=stored)
-        counts = _one_by_one(level, options, work, nodes, step, max_segment_steps)
-        if len(level) > 1:
-            counts = _better(level, options, nodes, step, counts)
+        counts, shards = _one_by_one(level, options, work, by_name, step, max_segment_steps)
+        solved = _better(level, options, nodes, step, counts) if len(level) > 1 else None
         for job_id, demand in level:
-            out[job_id] = _shards(job_id, demand, options[job_id], counts[job_id], max_segment_steps, step)
-            _account(out[job_id], demand, nodes, step.speeds, backlog, loaded, stored)
+            out[job_id] = shards[job_id] if solved is None else _shards(
+                job_id, demand, options[job_id], solved[job_id], max_segment_steps, step)
+            _account(out[job_id], demand, by_name, step.speeds, backlog, loaded, stored)
     return out
 
 
-def _account(shards: Sequence[Shard], demand: Demand, nodes: Sequence[NodeInfo], speeds: SpeedBook,
+def _account(shards: Sequence[Shard], demand: Demand, by_name: Mapping[str, NodeInfo], speeds: SpeedBook,
              backlog: dict[str, float], loaded: dict[str, frozenset[str]], stored: dict[str, frozenset[str]]) -> None:
     """Add planned shards to their homes' queued seconds, and their model to what those homes hold."""
-    by_name = {n.name: n for n in nodes}
     for shard in shards:
         backlog[shard.home] += shard_seconds(shard, demand.shape, 0, by_name[shard.home], speeds)
         loaded[shard.home] = loaded[shard.home] | {demand.model}
@@ -368,20 +365,20 @@ def _account(shards: Sequence[Shard], demand: Demand, nodes: Sequence[NodeInfo],
 
 
 def _one_by_one(level: Sequence[tuple[str, Demand]], options: Mapping[str, Sequence[_Option]],
-                work: Mapping[str, float], nodes: Sequence[NodeInfo], context: PlanContext,
-                max_segment_steps: int | None) -> dict[str, list[int]]:
-    """Counts per option of each job of one priority, placed in turn where they finish first behind the
-    ones before (`split_samples`), each job's level counting the work of the jobs after it."""
+                work: Mapping[str, float], by_name: Mapping[str, NodeInfo], context: PlanContext,
+                max_segment_steps: int | None) -> tuple[dict[str, list[int]], dict[str, list[Shard]]]:
+    """Counts per option of each job of one priority, and its shards, placed in turn where they finish
+    first behind the ones before (`split_samples`), each job's level counting the work of the jobs after it."""
     backlog, loaded, stored = dict(context.backlog), dict(context.loaded), dict(context.stored)
     after = sum(work[job_id] for job_id, _ in level)
-    out = {}
+    counts, shards = {}, {}
     for job_id, demand in level:
         step = replace(context, backlog=backlog, loaded=loaded, stored=stored)
         after -= work[job_id]
-        out[job_id] = split_samples(demand, options[job_id], step, after)
-        _account(_shards(job_id, demand, options[job_id], out[job_id], max_segment_steps, step), demand, nodes,
-                 step.speeds, backlog, loaded, stored)
-    return out
+        counts[job_id] = split_samples(demand, options[job_id], step, after)
+        shards[job_id] = _shards(job_id, demand, options[job_id], counts[job_id], max_segment_steps, step)
+        _account(shards[job_id], demand, by_name, step.speeds, backlog, loaded, stored)
+    return counts, shards
 
 
 def _cost(demand: Demand, option: _Option, context: PlanContext) -> assign.Cost:
@@ -403,10 +400,11 @@ def _cost(demand: Demand, option: _Option, context: PlanContext) -> assign.Cost:
 
 
 def _better(level: Sequence[tuple[str, Demand]], options: Mapping[str, Sequence[_Option]], nodes: Sequence[NodeInfo],
-            context: PlanContext, one_by_one: dict[str, list[int]]) -> dict[str, list[int]]:
-    """The counts of the whole level assigned at once (`assign.balance`), unless `one_by_one` finishes
-    sooner by the same prices (`assign.makespan`: the solver stopped at its limits on a worse plan) or
-    the solver had none (a price it cannot hold). On a tie the solver's plan, which also spends least."""
+            context: PlanContext, one_by_one: dict[str, list[int]]) -> dict[str, list[int]] | None:
+    """The counts of the whole level assigned at once (`assign.balance`); None where `one_by_one` stays:
+    it finishes sooner by the same prices (`assign.makespan`: the solver stopped at its limits on a
+    worse plan) or the solver had none (a price it cannot hold). On a tie the solver's plan, which also
+    spends least."""
     column = {n.name: k for k, n in enumerate(nodes)}
     items = []
     for job_id, demand in level:
@@ -423,7 +421,7 @@ def _better(level: Sequence[tuple[str, Demand]], options: Mapping[str, Sequence[
             row[column[opt.node.name]] = count
         mine.append(row)
     if solved is None or assign.makespan(items, mine, start) < assign.makespan(items, solved, start):
-        return one_by_one
+        return None
     return {job_id: [row[column[o.node.name]] for o in options[job_id]] for (job_id, _), row in zip(level, solved)}
 
 

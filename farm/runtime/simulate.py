@@ -487,8 +487,9 @@ def lower_bound(nodes: Sequence[SimNode], jobs: Sequence[SimJob], rounds: int = 
     # The same items for the program with loads: a job's steps (a sample's worth at a time for its
     # quick first plan) and its decodes, each paying the job's model load on a node that runs any.
     chunks = [j.steps for j in jobs] + [1] * len(jobs)
-    items = [assign.Item(amount, job.model, tuple(None if c == math.inf else assign.Cost(c, 0.0, chunk, load)
-                                                  for c in (row[i] for row in costs)))
-             for i, (amount, job, chunk) in enumerate(zip(amounts, [*jobs, *jobs], chunks))
-             for load in [load_seconds(job.shape)]]
+    items = []
+    for i, (amount, job, chunk) in enumerate(zip(amounts, [*jobs, *jobs], chunks)):
+        load = load_seconds(job.shape)
+        prices = tuple(None if row[i] == math.inf else assign.Cost(row[i], 0.0, chunk, load) for row in costs)
+        items.append(assign.Item(amount, job.model, prices))
     return LowerBound(work, eligible_bound, weighted, longest, assign.least_makespan(items))
